@@ -1,0 +1,185 @@
+"""Batch sources for the trainer.
+
+``TensorLoader`` keeps a whole uint8 split on the device and does random crop, flip and
+normalisation per batch with tensor ops, so CIFAR-sized training is not bound by per-image
+PIL work. ``build_loader`` picks it for tensor datasets and a PIL ``DataLoader`` for image
+folders (or when ``pipeline='pil'`` is asked for, e.g. by the throughput benchmark).
+
+The crop/flip here is the same transform as torchvision's ``RandomCrop(size, padding=pad)``
+(zero padding in [0, 1] pixel space) followed by ``RandomHorizontalFlip``; it is written with
+one gather instead of kornia's affine warp because it is exact and several times faster on
+CPU (``python -m bench.throughput --augment`` measures both). kornia is used where a warp is
+really needed (RandomResizedCrop for ImageNet-size synthesis).
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from registry.datasets import DatasetSpec, TensorSplit, folder_transform, get_dataset
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel for ``x`` in [0, 1]."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std.to(x.dtype) + self.mean.to(x.dtype)
+
+
+def random_crop(x: torch.Tensor, pad: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Zero-pad by ``pad`` and crop back to the input size at a random offset per sample.
+    Differentiable with respect to ``x`` (it is a gather)."""
+    if pad <= 0:
+        return x
+    b, c, h, w = x.shape
+    padded = nn.functional.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b, 1), device=x.device, generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (b, 1), device=x.device, generator=generator)
+    rows = (oy + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = (ox + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, c, h, w)
+    return out.gather(3, cols)
+
+
+def random_hflip(x: torch.Tensor, p: float = 0.5, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], device=x.device, generator=generator) < p
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+class BatchAugment(nn.Module):
+    """Per-batch train transform on the device: crop (``pad``), flip, normalise.
+
+    Input: float images in [0, 1] (or uint8, converted); output: normalised float.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], pad: int = 0, flip: bool = False):
+        super().__init__()
+        self.pad, self.flip = pad, flip
+        self.normalize = Normalize(mean, std)
+
+    @classmethod
+    def for_spec(cls, spec: DatasetSpec, train: bool) -> "BatchAugment":
+        aug = spec.train_aug if train else "none"
+        return cls(spec.mean, spec.std, pad=spec.pad if aug in ("crop", "crop_flip") else 0,
+                   flip=aug == "crop_flip")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        if self.pad:
+            x = random_crop(x, self.pad)
+        if self.flip:
+            x = random_hflip(x)
+        return self.normalize(x)
+
+
+class TensorLoader:
+    """Shuffled (x, y) batches from a :class:`TensorSplit` held on ``device``.
+
+    Shuffling uses a private CPU generator seeded by ``seed`` whose state is part of
+    :meth:`state_dict`, so a resumed run draws the same order. Augmentation draws from the
+    device's global RNG, which the checkpoint also restores.
+    """
+
+    def __init__(self, data: TensorSplit, batch_size: int, train: bool, device: torch.device,
+                 seed: int = 0, drop_last: bool = False):
+        self.images = data.images.to(device)
+        self.labels = data.labels.to(device)
+        self.batch_size, self.train, self.drop_last = batch_size, train, drop_last
+        self.augment = BatchAugment.for_spec(data.spec, train).to(device)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if self.train:
+            order = torch.randperm(n, generator=self.generator).to(self.images.device)
+        else:
+            order = torch.arange(n, device=self.images.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            if self.train and len(idx) < 2:  # a batch of one breaks BatchNorm
+                break
+            yield self.augment(self.images[idx]), self.labels[idx]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class _PILView(torch.utils.data.Dataset):
+    """A TensorSplit seen as PIL images through torchvision transforms (the classic path)."""
+
+    def __init__(self, data: TensorSplit, transform):
+        self.data, self.transform = data, transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        img = self.data.images[i].permute(1, 2, 0).numpy()
+        img = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+        return self.transform(img), int(self.data.labels[i])
+
+
+class PILLoader:
+    """A ``DataLoader`` over PIL transforms, with a seeded shuffle generator for resume."""
+
+    def __init__(self, dataset, batch_size: int, train: bool, workers: int, seed: int = 0,
+                 pin_memory: bool = False):
+        self.generator = torch.Generator().manual_seed(seed)
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, shuffle=train, num_workers=workers, pin_memory=pin_memory,
+            generator=self.generator, drop_last=False, persistent_workers=workers > 0)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.loader.dataset)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def build_loader(name: str, split: str, batch_size: int, device: torch.device, data_root: str,
+                 pipeline: str = "tensor", workers: int = 4, seed: int = 0, download: bool = True):
+    """A batch iterator for ``split`` of dataset ``name``: a :class:`TensorLoader` for tensor
+    datasets (``pipeline='tensor'``), otherwise a PIL :class:`PILLoader`."""
+    data = get_dataset(name, split, data_root, download)
+    train = split == "train"
+    if isinstance(data, TensorSplit):
+        if pipeline == "tensor":
+            return TensorLoader(data, batch_size, train, device, seed=seed)
+        if pipeline != "pil":
+            raise ValueError(f"pipeline must be 'tensor' or 'pil', got {pipeline!r}")
+        data = _PILView(data, folder_transform(data.spec, train))
+    return PILLoader(data, batch_size, train, workers, seed=seed, pin_memory=device.type == "cuda")

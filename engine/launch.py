@@ -1,0 +1,63 @@
+"""Command-line plumbing shared by the entry scripts (teacher training, KD, data-free KD)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+import torch
+
+from engine.checkpoint import find_resume_path
+from engine.logger import RunLogger
+from engine.utils import library_versions, resolve_device, seed_everything
+
+
+def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags every job shares: data location, device, precision, seed, resume, output."""
+    g = p.add_argument_group("run")
+    g.add_argument("--data_root", default="./data/torchdata", help="dataset folder (downloaded into when online)")
+    g.add_argument("--save_dir", default=None, help="output folder (checkpoints, log.txt, TensorBoard, metrics.json)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                   help="mixed precision on CUDA (auto = bf16); always off on CPU")
+    g.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from <save_dir>/last.pt, or from the given checkpoint")
+    g.add_argument("--workers", type=int, default=4, help="DataLoader workers for image-folder datasets")
+    g.add_argument("--pipeline", default="tensor", choices=["tensor", "pil"],
+                   help="tensor: whole split on the device, per-batch augmentation; pil: classic DataLoader")
+    g.add_argument("--log_every", type=int, default=50, help="steps between loss checks / progress updates")
+    g.add_argument("--no_download", action="store_true", help="never try to download datasets")
+    g.add_argument("--no_progress", action="store_true", help="no tqdm bars")
+    return p
+
+
+def prepare_run(args: argparse.Namespace, name: str):
+    """Seed, pick the device, create ``save_dir`` and its logger; find a resume checkpoint."""
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    os.makedirs(args.save_dir, exist_ok=True)
+    logger = RunLogger(args.save_dir, name=name)
+    resume = find_resume_path(args.resume, args.save_dir)
+    logger.info("command: " + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]))
+    logger.info(f"device: {device} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
+                f"output: {os.path.abspath(args.save_dir)}")
+    return device, logger, resume
+
+
+def run_main(fn, argv: Optional[list] = None) -> int:
+    """Turn the engine's expected failures into one clear line and a non-zero exit code."""
+    from engine.checkpoint import CheckpointMismatchError
+    from engine.trainer import DivergenceError
+
+    try:
+        fn(argv)
+        return 0
+    except (DivergenceError, CheckpointMismatchError, KeyError, FileNotFoundError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["add_common_args", "prepare_run", "run_main", "library_versions"]

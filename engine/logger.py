@@ -1,0 +1,77 @@
+"""Run logging: console + ``log.txt``, TensorBoard scalars and image grids, ``metrics.json``."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Mapping, Optional
+
+import torch
+
+
+class RunLogger:
+    """One per run, writing into ``save_dir``.
+
+    ``info`` goes to the console and ``save_dir/log.txt``; ``scalars`` to TensorBoard
+    (``tensorboard --logdir <save_dir>``); ``write_json`` rewrites a JSON file atomically.
+    """
+
+    def __init__(self, save_dir: str, name: str = "run", tensorboard: bool = True, console: bool = True):
+        self.save_dir = save_dir
+        os.makedirs(save_dir, exist_ok=True)
+        self.log = logging.getLogger(f"fastdfkd.{name}.{os.path.abspath(save_dir)}")
+        self.log.setLevel(logging.INFO)
+        self.log.propagate = False
+        for h in list(self.log.handlers):
+            self.log.removeHandler(h)
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        fh = logging.FileHandler(os.path.join(save_dir, "log.txt"))
+        fh.setFormatter(fmt)
+        self.log.addHandler(fh)
+        if console:
+            ch = logging.StreamHandler(sys.stdout)
+            ch.setFormatter(logging.Formatter("%(message)s"))
+            self.log.addHandler(ch)
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=save_dir)
+
+    def info(self, msg: str) -> None:
+        self.log.info(msg)
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def image_grid(self, tag: str, images: torch.Tensor, step: int, path: Optional[str] = None, nrow: int = 16) -> None:
+        """Save a grid of [0, 1] images as PNG (``path``) and to TensorBoard."""
+        import torchvision.utils as vutils
+
+        grid = vutils.make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow)
+        if path:
+            vutils.save_image(grid, path)
+        if self.writer is not None:
+            self.writer.add_image(tag, grid, step)
+
+    def write_json(self, filename: str, obj) -> str:
+        path = os.path.join(self.save_dir, filename)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+        os.replace(tmp, path)
+        return path
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        for h in list(self.log.handlers):
+            h.close()
+            self.log.removeHandler(h)

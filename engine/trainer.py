@@ -1,0 +1,355 @@
+"""One trainer for every job: teacher training, data-driven KD and data-free KD.
+
+The trainer pulls batches from a *batch source* (any iterable: a :class:`engine.data.TensorLoader`,
+a PIL ``DataLoader``, or a synthesizer that yields unlabelled batches), hands each to an
+:class:`engine.objective.Objective`, sums the named losses it returns and steps an SGD optimiser.
+After every epoch it evaluates the student on the real test set, logs, and writes ``last.pt``
+(and ``best.pt``) atomically with everything needed to continue exactly.
+
+Optional hooks a batch source may implement: ``set_epoch(epoch)`` (called before each epoch),
+``epoch_stats() -> dict`` (merged into the epoch's log, e.g. synthesis time), and
+``state_dict()`` / ``load_state_dict()`` (saved in checkpoints, e.g. an image pool).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.logger import RunLogger
+from engine.objective import Objective
+from engine.utils import get_rng_state, library_versions, set_rng_state, synchronize
+
+
+class DivergenceError(RuntimeError):
+    """Raised when the loss or the weights stop being finite."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, schedule and run settings shared by every job."""
+
+    epochs: int = 240
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "multistep"  # multistep | cosine | constant
+    milestones: Sequence[int] = (150, 180, 210)
+    gamma: float = 0.1
+    eta_min: float = 0.0
+    sched_start_epoch: int = 0  # the scheduler steps from this epoch on (data-free warm-up)
+    amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere) | bf16 | fp16 | off
+    channels_last: Optional[bool] = None  # None: on for CUDA
+    grad_clip: Optional[float] = None
+    log_every: int = 50  # steps between host syncs (loss check, progress bar, per-step scalars)
+    save_dir: str = "run/default"
+    save_best: bool = True
+    progress: bool = True
+
+
+def _to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device, channels_last) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device, channels_last) for k, v in batch.items()}
+    return batch
+
+
+def _batch_size(batch: Any) -> int:
+    while not isinstance(batch, torch.Tensor):
+        batch = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values()))
+    return batch.shape[0]
+
+
+def grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
+             channels_last: bool = False) -> Dict[str, float]:
+    """Top-1, top-5 (percent) and mean cross-entropy of ``model`` over ``loader``."""
+    was_training = model.training
+    model.eval()
+    correct1 = torch.zeros((), device=device, dtype=torch.long)
+    correct5 = torch.zeros((), device=device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=device)
+    n = 0
+    ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    for x, y in loader:
+        x, y = _to_device((x, y), device, channels_last)
+        with ctx:
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top.eq(y[:, None])
+        correct1 += hits[:, 0].sum()
+        correct5 += hits.any(dim=1).sum()
+        n += y.shape[0]
+    model.train(was_training)
+    n = max(n, 1)
+    return {"top1": 100.0 * correct1.item() / n, "top5": 100.0 * correct5.item() / n,
+            "test_loss": loss_sum.item() / n}
+
+
+class Trainer:
+    """Train ``objective`` on batches from ``train_source``; evaluate on ``test_loader``.
+
+    ``args`` (the command line as a dict) is stored in checkpoints and ``metrics.json``.
+    """
+
+    def __init__(self, objective: Objective, train_source: Iterable, test_loader: Optional[Iterable],
+                 config: TrainConfig, device: torch.device, logger: Optional[RunLogger] = None,
+                 args: Optional[dict] = None):
+        self.cfg = config
+        self.device = device
+        self.objective = objective.to(device).freeze()
+        self.source = train_source
+        self.test_loader = test_loader
+        self.args = dict(args or {})
+        self.logger = logger or RunLogger(config.save_dir, tensorboard=False, console=False)
+        self.channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
+        if self.channels_last:
+            self.objective.to(memory_format=torch.channels_last)
+        self.amp_dtype = self._amp_dtype(config.amp, device)
+        self.params: List[nn.Parameter] = list(self.objective.trainable_parameters())
+        self.optimizer = torch.optim.SGD(self.params, lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay, nesterov=config.nesterov)
+        self.scheduler = self._build_scheduler()
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.start_epoch = 0
+        self.global_step = 0
+        self.history: List[Dict[str, float]] = []
+        self.best_top1, self.best_epoch = -1.0, -1
+        self.time_total = 0.0  # summed over (resumed) runs
+
+    # ----------------------------------------------------------------- set-up
+    @staticmethod
+    def _amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+        if amp not in ("auto", "bf16", "fp16", "off"):
+            raise ValueError(f"amp must be auto, bf16, fp16 or off; got {amp!r}")
+        if device.type != "cuda" or amp == "off":
+            return None  # mixed precision is a CUDA feature here; CPU runs in fp32
+        if amp == "fp16":
+            return torch.float16
+        if amp == "auto" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+
+    def _build_scheduler(self):
+        cfg = self.cfg
+        span = max(cfg.epochs - cfg.sched_start_epoch, 1)
+        if cfg.schedule == "multistep":
+            return torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(cfg.milestones), cfg.gamma)
+        if cfg.schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, span, eta_min=cfg.eta_min)
+        if cfg.schedule == "constant":
+            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+        raise ValueError(f"schedule must be multistep, cosine or constant; got {cfg.schedule!r}")
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self, epoch: int) -> dict:
+        extras = {k: m.state_dict() for k, m in self.objective.trainable_modules().items() if k != "student"}
+        return {
+            "model": self.objective.student.state_dict(),
+            "modules": extras,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "rng": get_rng_state(),
+            "source": self.source.state_dict() if hasattr(self.source, "state_dict") else None,
+            "args": self.args,
+            "config": asdict(self.cfg),
+            "history": self.history,
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "time_total": self.time_total,
+        }
+
+    def resume(self, path: str) -> None:
+        """Continue from a ``last.pt``: weights, optimiser, schedule, scaler, RNG, source state."""
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self.objective.student.load_state_dict(ckpt["model"])
+        modules = self.objective.trainable_modules()
+        for k, sd in ckpt.get("modules", {}).items():
+            modules[k].load_state_dict(sd)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("source") is not None and hasattr(self.source, "load_state_dict"):
+            self.source.load_state_dict(ckpt["source"])
+        set_rng_state(ckpt["rng"])
+        self.start_epoch = ckpt["epoch"] + 1
+        self.global_step = ckpt["global_step"]
+        self.history = list(ckpt["history"])
+        self.best_top1, self.best_epoch = ckpt["best_top1"], ckpt["best_epoch"]
+        self.time_total = ckpt.get("time_total", 0.0)
+        self.logger.info(f"resumed from {path} at epoch {self.start_epoch}")
+
+    @property
+    def last_path(self) -> str:
+        return os.path.join(self.cfg.save_dir, "last.pt")
+
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.cfg.save_dir, "best.pt")
+
+    # --------------------------------------------------------------- training
+    def _diverged(self, what: str, epoch: int, step: int) -> DivergenceError:
+        kept = self.last_path if os.path.exists(self.last_path) else "none yet (diverged in the first epoch)"
+        msg = (f"training diverged: {what} at epoch {epoch} step {step}; stopping. "
+               f"Last good checkpoint: {kept}. Try a lower --lr or --amp off.")
+        self.logger.info(msg)
+        self.logger.write_json("metrics.json", self._metrics(status="diverged", message=msg))
+        return DivergenceError(msg)
+
+    def train_one_epoch(self, epoch: int) -> Dict[str, float]:
+        obj, opt, cfg = self.objective, self.optimizer, self.cfg
+        obj.train()
+        if hasattr(self.source, "set_epoch"):
+            self.source.set_epoch(epoch)
+        sums: Dict[str, torch.Tensor] = {}
+        window = torch.zeros((), device=self.device)
+        norms: List[float] = []
+        steps = samples = 0
+        amp_ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        total = len(self.source) if hasattr(self.source, "__len__") else None
+        bar = tqdm(total=total, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
+                   disable=None if cfg.progress else True)
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        for batch in self.source:
+            batch = _to_device(batch, self.device, self.channels_last)
+            with amp_ctx:
+                losses = obj(batch)
+            loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            log_now = (steps + 1) % cfg.log_every == 0
+            if cfg.grad_clip or log_now:
+                self.scaler.unscale_(opt)
+                norm = (torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip) if cfg.grad_clip
+                        else grad_norm(self.params))
+            self.scaler.step(opt)
+            self.scaler.update()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0) + v.detach().float()
+            window += loss.detach().float()
+            steps += 1
+            samples += _batch_size(batch)
+            self.global_step += 1
+            bar.update(1)
+            if log_now:
+                w = window.item() / cfg.log_every
+                if not math.isfinite(w):
+                    bar.close()
+                    raise self._diverged(f"loss is {w}", epoch, steps)
+                norms.append(norm.item())
+                bar.set_postfix(loss=f"{w:.4f}", lr=f"{opt.param_groups[0]['lr']:.4g}")
+                self.logger.scalars({"train_step/loss": w, "train_step/grad_norm": norms[-1]}, self.global_step)
+                window.zero_()
+        synchronize(self.device)
+        elapsed = time.perf_counter() - t0
+        bar.close()
+        stats = {f"loss_{k}": (v / steps).item() for k, v in sums.items()}
+        if steps:
+            stats["loss"] = sum(stats.values())
+            if not math.isfinite(stats["loss"]):
+                raise self._diverged(f"loss is {stats['loss']}", epoch, steps)
+        if norms:
+            stats["grad_norm"] = sum(norms) / len(norms)
+        stats.update(steps=steps, samples=samples, train_time=elapsed,
+                     throughput=samples / elapsed if elapsed > 0 else 0.0, lr=opt.param_groups[0]["lr"])
+        return stats
+
+    def _weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.params)
+
+    def _metrics(self, **extra) -> dict:
+        last = self.history[-1] if self.history else {}
+        return {
+            "best_top1": self.best_top1, "best_epoch": self.best_epoch,
+            "last_top1": last.get("top1"), "last_top5": last.get("top5"), "last_epoch": last.get("epoch"),
+            "epochs": len(self.history), "time_total": self.time_total,
+            "time_train": sum(h.get("train_time", 0.0) for h in self.history),
+            "time_eval": sum(h.get("eval_time", 0.0) for h in self.history),
+            "args": self.args, "config": asdict(self.cfg), "versions": library_versions(),
+            "history": self.history, **extra,
+        }
+
+    def run_evaluation(self) -> Dict[str, float]:
+        return evaluate(self.objective.student, self.test_loader, self.device, self.amp_dtype, self.channels_last)
+
+    def fit(self, until_epoch: Optional[int] = None) -> dict:
+        """Train from ``start_epoch`` to ``cfg.epochs`` (or stop before ``until_epoch``, as an
+        interruption would). Returns the metrics also written to ``metrics.json``."""
+        cfg = self.cfg
+        stop = cfg.epochs if until_epoch is None else min(until_epoch, cfg.epochs)
+        for epoch in range(self.start_epoch, stop):
+            t_epoch = time.perf_counter()
+            stats = self.train_one_epoch(epoch)
+            if hasattr(self.source, "epoch_stats"):
+                stats.update(self.source.epoch_stats())
+            if not self._weights_finite():
+                raise self._diverged("weights are no longer finite", epoch, stats["steps"])
+            if epoch >= cfg.sched_start_epoch:
+                self.scheduler.step()
+            t_eval = time.perf_counter()
+            if self.test_loader is not None:
+                stats.update(self.run_evaluation())
+            synchronize(self.device)
+            stats["eval_time"] = time.perf_counter() - t_eval
+            stats["epoch"] = epoch
+            stats["epoch_time"] = time.perf_counter() - t_epoch
+            self.time_total += stats["epoch_time"]
+            is_best = "top1" in stats and stats["top1"] > self.best_top1
+            if is_best:
+                self.best_top1, self.best_epoch = stats["top1"], epoch
+            self.history.append(stats)
+            self._log_epoch(stats)
+            ckpt = self.state_dict(epoch)
+            save_checkpoint(ckpt, self.last_path)
+            if is_best and cfg.save_best:
+                save_checkpoint(ckpt, self.best_path)
+            self.start_epoch = epoch + 1
+        metrics = self._metrics(status="finished" if self.start_epoch >= cfg.epochs else "stopped")
+        self.logger.write_json("metrics.json", metrics)
+        self.logger.flush()
+        return metrics
+
+    def _log_epoch(self, s: Dict[str, float]) -> None:
+        parts = [f"epoch {s['epoch'] + 1}/{self.cfg.epochs}"]
+        if "loss" in s:
+            parts.append(f"loss {s['loss']:.4f}")
+        if "top1" in s:
+            parts.append(f"test top1 {s['top1']:.2f} top5 {s['top5']:.2f} (best {self.best_top1:.2f})")
+        parts.append(f"lr {s['lr']:.4g}")
+        if s.get("steps"):
+            parts.append(f"{s['throughput']:.0f} img/s")
+        parts.append(f"{s['epoch_time']:.1f}s")
+        extra = [f"{k} {v:.3g}" for k, v in s.items() if k.startswith("syn_")]
+        self.logger.info(" | ".join(parts + extra))
+        test_keys = ("top1", "top5", "test_loss")
+        self.logger.scalars({f"{'test' if k in test_keys else 'train'}/{k}": v for k, v in s.items()
+                             if isinstance(v, (int, float)) and k != "epoch"}, s["epoch"])
