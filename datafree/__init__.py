@@ -1,0 +1,21 @@
+"""Data-free synthesis: synthesizers by name, and the Python API (:func:`distill`)."""
+from typing import Dict, Type
+
+from datafree.base import SynthesisConfig, Synthesizer
+from datafree.fast import FastSynthesizer
+from datafree.fast_meta import FastMetaSynthesizer
+
+SYNTHESIZERS: Dict[str, Type[Synthesizer]] = {
+    "fast": FastSynthesizer,
+    "fast_meta": FastMetaSynthesizer,
+}
+
+
+def get_synthesizer_class(method: str) -> Type[Synthesizer]:
+    try:
+        return SYNTHESIZERS[method]
+    except KeyError:
+        raise KeyError(f"unknown data-free method {method!r}. Valid methods: {', '.join(sorted(SYNTHESIZERS))}") from None
+
+
+__all__ = ["SYNTHESIZERS", "SynthesisConfig", "Synthesizer", "get_synthesizer_class"]

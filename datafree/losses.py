@@ -13,14 +13,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def kd_kl_div(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
-    """KL(softmax(t/T) || softmax(s/T)) * T^2, summed over classes and averaged over the batch
-    (``batchmean``; Hinton et al. 2015, the form RepDistiller and Fast-Datafree compute)."""
-    log_p_s = F.log_softmax(student_logits / T, dim=1)
-    log_p_t = F.log_softmax(teacher_logits / T, dim=1)
-    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean() * (T * T)
-
-
 def masked_adversarial_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Fast-Datafree's adversarial term: -(1/N) sum_i 1[argmax s_i = argmax t_i] KL(p_t,i || p_s,i)
     at T = 1. Maximising the divergence only where the two already agree pushes the generator

@@ -6,8 +6,9 @@ import torch
 import torch.nn as nn
 
 from datafree.generator import DeepGenerator, Generator
-from datafree.losses import (BNStatHook, BNStatLoss, activation_loss, balance_loss, kd_kl_div,
-                             masked_adversarial_kl, total_variation)
+from datafree.losses import (BNStatHook, BNStatLoss, activation_loss, balance_loss, masked_adversarial_kl,
+                             total_variation)
+from kd.losses import kd_kl_div
 from datafree.pool import ImagePool
 
 

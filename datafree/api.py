@@ -1,0 +1,56 @@
+"""Data-free KD from Python, for any ``nn.Module`` teacher.
+
+>>> from datafree.api import distill
+>>> from datafree import SynthesisConfig
+>>> from engine.trainer import TrainConfig
+>>> syn = SynthesisConfig(num_classes=10, img_size=32, nc=3, mean=MEAN, std=STD,   # the teacher's
+...                       g_steps=10, lr_g=2e-3, lr_z=1e-2, bn=10, oh=0.4, adv=1.1)  # own normalisation
+>>> metrics = distill(my_teacher, my_student, "fast_meta", syn,
+...                   TrainConfig(epochs=220, lr=0.2, schedule="cosine", save_dir="run/mine"),
+...                   test_loader=my_loader, T=20, kd_steps=400, ep_steps=400)
+
+The teacher must contain ``BatchNorm2d`` layers when ``syn.bn > 0`` (a clear error says so
+otherwise). ``test_loader`` is any iterable of ``(x, y)`` batches already normalised like the
+teacher's inputs; it may be ``None`` (no evaluation).
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Optional
+
+import torch
+import torch.nn as nn
+
+from datafree import SynthesisConfig, get_synthesizer_class
+from datafree.source import DataFreeSource
+from engine.logger import RunLogger
+from engine.trainer import TrainConfig, Trainer
+from engine.utils import resolve_device
+from kd.distillers import KD
+
+
+def build_trainer(teacher: nn.Module, student: nn.Module, method: str, syn: SynthesisConfig, train: TrainConfig,
+                  test_loader: Optional[Iterable] = None, T: float = 20.0, batch_size: int = 256,
+                  kd_steps: int = 400, ep_steps: int = 400, device: Optional[torch.device] = None,
+                  logger: Optional[RunLogger] = None, args: Optional[dict] = None) -> Trainer:
+    """Wire teacher, student, synthesizer, KD objective and trainer together."""
+    device = device or resolve_device("auto")
+    teacher = teacher.to(device).eval()
+    teacher.requires_grad_(False)
+    student = student.to(device)
+    synth = get_synthesizer_class(method)(teacher, student, syn, device)
+    logger = logger or RunLogger(train.save_dir)
+    source = DataFreeSource(synth, batch_size, kd_steps, ep_steps, syn.warmup, logger,
+                            image_dir=os.path.join(train.save_dir, "images"))
+    train.sched_start_epoch = syn.warmup  # the schedule runs over the post-warm-up epochs
+    objective = KD(student, teacher, T=T, alpha=1.0, gamma=0.0)
+    return Trainer(objective, source, test_loader, train, device, logger, args)
+
+
+def distill(teacher: nn.Module, student: nn.Module, method: str, syn: SynthesisConfig, train: TrainConfig,
+            test_loader: Optional[Iterable] = None, resume: Optional[str] = None, **kw) -> dict:
+    """Run data-free KD; returns the metrics also written to ``<save_dir>/metrics.json``."""
+    trainer = build_trainer(teacher, student, method, syn, train, test_loader, **kw)
+    if resume:
+        trainer.resume(resume)
+    return trainer.fit()

@@ -1,0 +1,150 @@
+"""The synthesizer interface and what the model-inversion methods share.
+
+A synthesizer turns a teacher into training batches for a student:
+
+* ``synthesize(epoch)`` makes one batch of images, stores it (pool or generator state) and
+  returns its losses and timing;
+* ``sample(n)`` returns ``n`` augmented, normalised images for a KD step.
+
+The loss shared by fast / fast_meta / cmi (Fast-Datafree ``datafree/synthesis/fast_meta.py``;
+reference-notes §1.1, §1.3) is
+
+    L = bn * sum_l r_l  +  oh * CE(t, y)  +  adv * masked_adversarial_kl(s, t)   (adv from --warmup on)
+
+with t / s the teacher / student logits on the augmented images and y sampled targets.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datafree.losses import BNStatLoss, masked_adversarial_kl
+from datafree.pool import ImagePool
+from engine.data import BatchAugment, Normalize
+from engine.utils import synchronize
+
+
+@dataclass
+class SynthesisConfig:
+    """Settings of a synthesis run; names and defaults follow Fast-Datafree's flags."""
+
+    num_classes: int = 10
+    img_size: int = 32
+    nc: int = 3
+    mean: Sequence[float] = (0.5, 0.5, 0.5)
+    std: Sequence[float] = (0.5, 0.5, 0.5)
+    batch_size: int = 256  # --synthesis_batch_size
+    g_steps: int = 10
+    lr_g: float = 2e-3
+    lr_z: float = 0.01
+    nz: int = 256
+    ngf: int = 64
+    bn: float = 10.0
+    oh: float = 0.4
+    adv: float = 1.1
+    act: float = 0.0
+    balance: float = 0.0
+    bn_mmt: float = 0.9
+    is_maml: int = 1
+    reset_l0: bool = False
+    reset_bn: bool = False
+    reset_epoch: Optional[int] = None  # when reset_l0/reset_bn act; None: warmup + 120 (reference)
+    warmup: int = 20
+    balanced_targets: bool = False
+    pool_storage: str = "uint8"
+    pool_capacity: Optional[int] = None
+    pad: int = 4  # random-crop padding of the synthesis and KD augmentation
+    flip: bool = True
+
+
+def sample_targets(n: int, num_classes: int, balanced: bool, device: torch.device) -> torch.Tensor:
+    """Uniform random labels (the reference), or an equal share per class in random order."""
+    if balanced:
+        y = torch.arange(n, device=device) % num_classes
+        return y[torch.randperm(n, device=device)]
+    return torch.randint(num_classes, (n,), device=device)
+
+
+class Synthesizer:
+    """Base class: holds the teacher, the student, the augmentation and the image pool."""
+
+    uses_pool = True
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
+        self.teacher, self.student, self.cfg, self.device = teacher, student, cfg, torch.device(device)
+        self.augment = BatchAugment(cfg.mean, cfg.std, pad=cfg.pad, flip=cfg.flip).to(self.device)
+        self.normalize = Normalize(cfg.mean, cfg.std).to(self.device)
+        self.pool = ImagePool(self.device, cfg.pool_storage, cfg.pool_capacity)
+        self.bn_loss: Optional[BNStatLoss] = None
+        if cfg.bn > 0:
+            self.bn_loss = BNStatLoss(teacher, cfg.bn_mmt)
+            self.bn_loss.set_enabled(False)  # on only while synthesizing, never in KD steps
+        self.last_images: Optional[torch.Tensor] = None
+
+    # -- interface --------------------------------------------------------------------
+    def synthesize(self, epoch: int) -> Dict[str, float]:
+        raise NotImplementedError
+
+    def sample(self, n: int) -> torch.Tensor:
+        return self.augment(self.pool.sample(n))
+
+    def state_dict(self) -> dict:
+        return {"pool": self.pool.state_dict(), "bn": self.bn_loss.state_dict() if self.bn_loss else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pool.load_state_dict(state["pool"])
+        if self.bn_loss is not None and state.get("bn") is not None:
+            self.bn_loss.load_state_dict(state["bn"])
+
+    # -- shared pieces ------------------------------------------------------------------
+    def inversion_losses(self, x_aug: torch.Tensor, targets: torch.Tensor, epoch: int) -> Dict[str, torch.Tensor]:
+        """The weighted bn / oh / adv terms on an augmented, normalised batch."""
+        cfg = self.cfg
+        t_out = self.teacher(x_aug)
+        losses = {}
+        if self.bn_loss is not None:
+            losses["bn"] = cfg.bn * self.bn_loss.value()
+        if cfg.oh > 0:
+            losses["oh"] = cfg.oh * F.cross_entropy(t_out, targets)
+        if cfg.adv > 0 and epoch >= cfg.warmup:
+            losses["adv"] = cfg.adv * masked_adversarial_kl(self.student(x_aug), t_out)
+        return losses
+
+    def reset_due(self, epoch: int) -> bool:
+        at = self.cfg.reset_epoch if self.cfg.reset_epoch is not None else self.cfg.warmup + 120
+        return epoch == at
+
+    class _Synthesis:
+        """Context: BN hooks on, student in eval mode, timing with device synchronisation."""
+
+        def __init__(self, synth: "Synthesizer"):
+            self.s = synth
+
+        def __enter__(self):
+            self.was_training = self.s.student.training
+            self.s.student.eval()
+            # the adversarial term needs gradients w.r.t. the images only, not the student's weights
+            self.grad_flags = [p.requires_grad for p in self.s.student.parameters()]
+            self.s.student.requires_grad_(False)
+            if self.s.bn_loss is not None:
+                self.s.bn_loss.set_enabled(True)
+            synchronize(self.s.device)
+            self.t0 = time.perf_counter()
+            return self
+
+        def __exit__(self, *exc):
+            synchronize(self.s.device)
+            self.elapsed = time.perf_counter() - self.t0
+            if self.s.bn_loss is not None:
+                self.s.bn_loss.set_enabled(False)
+            for p, flag in zip(self.s.student.parameters(), self.grad_flags):
+                p.requires_grad_(flag)
+            self.s.student.train(self.was_training)
+
+    def synthesis(self) -> "_Synthesis":
+        return Synthesizer._Synthesis(self)

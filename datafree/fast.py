@@ -1,0 +1,89 @@
+"""``fast``: Fast-Datafree's synthesizer without meta-learning (zju-vipa/Fast-Datafree
+``datafree/synthesis/fast.py``; reference-notes §1.4).
+
+A persistent generator G and a fresh learnable latent batch z per round are trained in place
+for ``g_steps`` by Adam{G: lr_g, z: lr_z}, betas (0.5, 0.999), re-created every round (its
+state resets, the weights carry over), on ``bn * L_bn + oh * CE + adv * L_adv``. The
+lowest-loss batch of the round joins the pool; the BN-statistics EMA is updated after it.
+
+Deviation: the lowest-loss batch is kept on the device with ``torch.where`` instead of a
+``loss.item()`` per step (no host sync in the inner loop; same selection).
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from datafree.base import Synthesizer, SynthesisConfig, sample_targets
+from datafree.generator import Generator
+
+
+class FastSynthesizer(Synthesizer):
+    def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
+        super().__init__(teacher, student, cfg, device)
+        self.generator = Generator(cfg.nz, cfg.ngf, cfg.img_size, cfg.nc).to(self.device)
+
+    def new_latent(self) -> torch.Tensor:
+        return torch.randn(self.cfg.batch_size, self.cfg.nz, device=self.device, requires_grad=True)
+
+    def inner_loop(self, generator: nn.Module, z: torch.Tensor, targets: torch.Tensor, epoch: int,
+                   after_backward: Optional[Callable[[int], None]] = None
+                   ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+        """``g_steps`` of Adam on (generator, z). Returns the lowest-loss images (in [0, 1]),
+        that loss, and the last step's named losses. ``after_backward(k)`` runs after the
+        k-th backward pass, before the optimiser step (where the meta-gradient is read)."""
+        cfg = self.cfg
+        opt = torch.optim.Adam([{"params": generator.parameters()}, {"params": [z], "lr": cfg.lr_z}],
+                               lr=cfg.lr_g, betas=(0.5, 0.999))
+        best_x, best_loss, losses = None, None, {}
+        for k in range(cfg.g_steps):
+            x = generator(z)
+            losses = self.inversion_losses(self.augment(x), targets, epoch)
+            loss = sum(losses.values())
+            with torch.no_grad():
+                if best_x is None:
+                    best_x, best_loss = x.detach().clone(), loss.detach()
+                else:
+                    better = loss.detach() < best_loss
+                    best_x = torch.where(better, x.detach(), best_x)
+                    best_loss = torch.minimum(best_loss, loss.detach())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if after_backward is not None:
+                after_backward(k)
+            opt.step()
+        return best_x, best_loss, losses
+
+    def maybe_reset(self, epoch: int) -> None:
+        if self.reset_due(epoch):
+            if self.cfg.reset_l0:
+                self.generator.reset_l0()
+            if self.cfg.reset_bn:
+                self.generator.reset_bn()
+
+    def run_round(self, z: torch.Tensor, targets: torch.Tensor, epoch: int):
+        self.generator.train()
+        return self.inner_loop(self.generator, z, targets, epoch)
+
+    def synthesize(self, epoch: int) -> Dict[str, float]:
+        with self.synthesis() as timer:
+            self.maybe_reset(epoch)
+            targets = sample_targets(self.cfg.batch_size, self.cfg.num_classes, self.cfg.balanced_targets,
+                                     self.device)
+            best_x, best_loss, losses = self.run_round(self.new_latent(), targets, epoch)
+            if self.bn_loss is not None and self.cfg.bn_mmt > 0:
+                self.bn_loss.update_momentum()
+            self.pool.add(best_x)
+            self.last_images = best_x
+        out = {"syn_time": timer.elapsed, "syn_loss": best_loss.item()}
+        out.update({f"syn_{k}": v.item() for k, v in losses.items()})
+        return out
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "generator": self.generator.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.generator.load_state_dict(state["generator"])

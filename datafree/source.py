@@ -1,0 +1,68 @@
+"""The data-free batch source: synthesize-then-train rounds for the shared trainer.
+
+Per epoch, ``ep_steps // kd_steps`` rounds; each round runs ``synthesizer.synthesize(epoch)``
+and then, from ``warmup`` on, yields ``kd_steps`` unlabelled batches from
+``synthesizer.sample(batch_size)`` (Fast-Datafree ``datafree_kd.py``; reference-notes §2.1).
+During warm-up the pool grows and nothing is yielded, so the trainer takes no step.
+Synthesis time is measured with device synchronisation and reported per epoch.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Iterator, Optional
+
+import torch
+
+
+class DataFreeSource:
+    def __init__(self, synthesizer, batch_size: int, kd_steps: int, ep_steps: int, warmup: int,
+                 logger=None, image_dir: Optional[str] = None):
+        if kd_steps <= 0 or ep_steps < kd_steps:
+            raise ValueError(f"need 0 < kd_steps <= ep_steps, got kd_steps={kd_steps}, ep_steps={ep_steps}")
+        self.synth, self.batch_size = synthesizer, batch_size
+        self.kd_steps, self.ep_steps, self.warmup = kd_steps, ep_steps, warmup
+        self.rounds = ep_steps // kd_steps
+        self.logger, self.image_dir = logger, image_dir
+        self.epoch = 0
+        self._stats: Dict[str, float] = {}
+        self.syn_time_total = 0.0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.rounds * self.kd_steps if self.epoch >= self.warmup else 0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        sums: Dict[str, float] = {}
+        for r in range(self.rounds):
+            stats = self.synth.synthesize(self.epoch)
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if self.epoch >= self.warmup:
+                for _ in range(self.kd_steps):
+                    yield self.synth.sample(self.batch_size)
+        self.syn_time_total += sums.get("syn_time", 0.0)
+        self._stats = {k: (v if k == "syn_time" else v / max(self.rounds, 1)) for k, v in sums.items()}
+        self._stats["syn_time_total"] = self.syn_time_total
+        self._stats["syn_images"] = float(len(self.synth.pool)) if self.synth.uses_pool else 0.0
+        self._save_grid()
+
+    def _save_grid(self) -> None:
+        images = self.synth.last_images
+        if self.logger is None or images is None:
+            return
+        path = os.path.join(self.image_dir, f"epoch{self.epoch:04d}.png") if self.image_dir else None
+        if path:
+            os.makedirs(self.image_dir, exist_ok=True)
+        self.logger.image_grid("synthetic", images[:64], self.epoch, path, nrow=8)
+
+    def epoch_stats(self) -> Dict[str, float]:
+        return dict(self._stats)
+
+    def state_dict(self) -> dict:
+        return {"synthesizer": self.synth.state_dict(), "syn_time_total": self.syn_time_total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.synth.load_state_dict(state["synthesizer"])
+        self.syn_time_total = state["syn_time_total"]

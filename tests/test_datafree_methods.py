@@ -1,0 +1,157 @@
+"""Synthesizers end to end on tiny BatchNorm nets, and the meta-gradients of fast_meta."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from datafree import SYNTHESIZERS, SynthesisConfig
+from datafree.fast_meta import REPTILE_SCALE, FastMetaSynthesizer
+from datafree.source import DataFreeSource
+
+DEV = torch.device("cpu")
+
+
+class TinyBNNet(nn.Module):
+    def __init__(self, in_chans=1, num_classes=4, width=8):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                                      nn.Conv2d(width, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def tiny_cfg(**kw):
+    base = dict(num_classes=4, img_size=8, nc=1, mean=(0.5,), std=(0.25,), batch_size=6, g_steps=3, nz=8,
+                ngf=4, bn=1.0, oh=1.0, adv=1.0, bn_mmt=0.9, warmup=0, lr_g=1e-2, lr_z=1e-2, pad=1)
+    base.update(kw)
+    return SynthesisConfig(**base)
+
+
+def make(method="fast_meta", **kw):
+    torch.manual_seed(0)
+    teacher = TinyBNNet().eval()
+    # give the teacher non-trivial running statistics
+    teacher.train()
+    with torch.no_grad():
+        teacher(torch.randn(32, 1, 8, 8) * 0.5 + 0.2)
+    teacher.eval().requires_grad_(False)
+    student = TinyBNNet(width=4)
+    return SYNTHESIZERS[method](teacher, student, tiny_cfg(**kw), DEV)
+
+
+@pytest.mark.parametrize("method,kw", [("fast", {}), ("fast_meta", {"is_maml": 1}),
+                                       ("fast_meta", {"is_maml": 0}), ("fast_meta", {"is_maml": 2})])
+def test_round_end_to_end(method, kw):
+    s = make(method, **kw)
+    g0 = copy.deepcopy(s.generator.state_dict())
+    stats = s.synthesize(epoch=0)
+    assert len(s.pool) == 6
+    for k in ("syn_time", "syn_loss", "syn_bn", "syn_oh", "syn_adv"):
+        assert k in stats and stats[k] == stats[k]  # present and not NaN
+    changed = any(not torch.equal(g0[k], v) for k, v in s.generator.state_dict().items())
+    assert changed, "the generator (or its initialisation) must move after a round"
+    x = s.sample(5)
+    assert x.shape == (5, 1, 8, 8)
+    # BN hooks are off outside synthesis, and the student's weights got no gradient
+    assert all(not h.enabled for h in s.bn_loss.hooks)
+    assert all(p.grad is None for p in s.student.parameters())
+    assert all(p.requires_grad for p in s.student.parameters())
+
+
+def _record_inner(s):
+    """Wrap inner_loop to record each inner gradient of the fast generator and its final weights."""
+    record = {"grads": [], "fast": None}
+    orig = s.inner_loop
+
+    def inner_loop(generator, z, targets, epoch, after_backward=None):
+        def hook(k):
+            record["grads"].append([p.grad.clone() for p in generator.parameters()])
+            if after_backward is not None:
+                after_backward(k)
+
+        out = orig(generator, z, targets, epoch, after_backward=hook)
+        record["fast"] = generator
+        return out
+
+    s.inner_loop = inner_loop
+    meta = {}
+    step = s.meta_optimizer.step
+
+    def meta_step(*a, **k):
+        meta["grads"] = [p.grad.clone() for p in s.generator.parameters()]
+        meta["theta"] = [p.detach().clone() for p in s.generator.parameters()]
+        return step(*a, **k)
+
+    s.meta_optimizer.step = meta_step
+    return record, meta
+
+
+def test_fomaml_meta_gradient_is_the_sum_of_inner_gradients():
+    s = make(is_maml=1, g_steps=4)
+    record, meta = _record_inner(s)
+    s.synthesize(epoch=0)
+    assert len(record["grads"]) == 4
+    for i, g in enumerate(meta["grads"]):
+        want = sum(step[i] for step in record["grads"])
+        assert torch.allclose(g, want, atol=1e-6)
+        assert not torch.allclose(g, record["grads"][-1][i])  # not just the last inner gradient
+
+
+def test_reptile_meta_gradient_is_the_scaled_weight_difference():
+    s = make(is_maml=0, g_steps=3)
+    record, meta = _record_inner(s)
+    s.synthesize(epoch=0)
+    for g, theta, fast in zip(meta["grads"], meta["theta"], record["fast"].parameters()):
+        assert torch.allclose(g, REPTILE_SCALE * (theta - fast.detach()), atol=1e-6)
+
+
+def test_second_order_meta_gradient_flows_through_the_inner_loop():
+    s = make(is_maml=2, g_steps=2)
+    meta = {}
+    step = s.meta_optimizer.step
+    s.meta_optimizer.step = lambda *a, **k: (meta.setdefault("g", [p.grad for p in s.generator.parameters()]),
+                                            step(*a, **k))
+    s.synthesize(epoch=0)
+    assert any(g is not None and g.abs().sum() > 0 for g in meta["g"])
+
+
+def test_adversarial_term_only_after_warmup():
+    s = make(warmup=2)
+    assert "syn_adv" not in s.synthesize(epoch=1)
+    assert "syn_adv" in s.synthesize(epoch=2)
+
+
+def test_reset_l0_at_the_reset_epoch():
+    s = make(reset_l0=True, reset_epoch=3)
+    w = s.generator.l1.weight.detach().clone()
+    s.cfg.g_steps = 0  # isolate the reset from the inner loop
+    s.cfg.is_maml = 0
+    s.meta_optimizer.step = lambda *a, **k: None
+    s.inner_loop = lambda g, z, y, e, after_backward=None: (torch.rand(6, 1, 8, 8), torch.zeros(()), {})
+    s.synthesize(epoch=2)
+    assert torch.equal(s.generator.l1.weight, w)
+    s.synthesize(epoch=3)
+    assert not torch.equal(s.generator.l1.weight, w)
+
+
+def test_source_warmup_yields_nothing_then_kd_batches():
+    s = make(batch_size=4)
+    src = DataFreeSource(s, batch_size=5, kd_steps=2, ep_steps=6, warmup=1)
+    src.set_epoch(0)
+    assert len(src) == 0 and list(src) == []
+    assert len(s.pool) == 12  # three rounds of 4 images during warm-up
+    src.set_epoch(1)
+    batches = list(src)
+    assert len(batches) == len(src) == 6 and batches[0].shape == (5, 1, 8, 8)
+    stats = src.epoch_stats()
+    assert stats["syn_time"] > 0 and stats["syn_images"] == 24
+
+
+def test_teacher_without_batchnorm_is_refused_when_bn_weight_is_set():
+    teacher = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.LazyLinear(4))
+    with pytest.raises(ValueError, match="BatchNorm"):
+        FastMetaSynthesizer(teacher, TinyBNNet(), tiny_cfg(bn=1.0), DEV)
+    FastMetaSynthesizer(teacher, TinyBNNet(), tiny_cfg(bn=0.0), DEV)  # fine without the BN term
