@@ -3,11 +3,18 @@ from typing import Dict, Type
 
 from datafree.base import SynthesisConfig, Synthesizer
 from datafree.fast import FastSynthesizer
+from datafree.deepinv import DeepInversionSynthesizer
 from datafree.fast_meta import FastMetaSynthesizer
+from datafree.generative import DAFL, DFAD, DFQ, ZSKT
 
 SYNTHESIZERS: Dict[str, Type[Synthesizer]] = {
     "fast": FastSynthesizer,
     "fast_meta": FastMetaSynthesizer,
+    "deepinv": DeepInversionSynthesizer,
+    "dafl": DAFL,
+    "zskt": ZSKT,
+    "dfad": DFAD,
+    "dfq": DFQ,
 }
 
 

@@ -1,0 +1,103 @@
+"""``deepinv``: DeepInversion (Yin et al., CVPR-20) as run in Fast-Datafree
+(``datafree/synthesis/deepinversion.py``; reference-notes §1.5).
+
+Pixels x ~ N(0, 1) in the teacher's normalised space, B x C x H x W, are optimised directly
+for ``g_steps`` by Adam(lr_g, betas (0.5, 0.99)) on
+
+    bn * (sum r_teacher - 0.001 * sum r_student) + oh * CE(t, y) + adv * (-JS(s, t; T=3))
+    + tv * TV(x) + l2 * ||x||
+
+with a random jitter (roll up to 1/8 of the size, one offset per batch) and flip, and x clamped
+to the valid normalised range after each step. The lowest-loss batch joins the pool.
+Fast-Datafree fixes tv = l2 = 0, the defaults here.
+
+Fixes of reference bugs (notes §6 item 4): the student-BN term is computed from the student
+forward of the same step (it is only defined when adv > 0, so it is dropped otherwise, rather
+than using a stale value); ``loss_oh`` is not used before assignment when adv = 0; the best
+batch is copied, not aliased to the tensor the optimiser keeps changing.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datafree.base import Synthesizer, SynthesisConfig, sample_targets
+from datafree.losses import BNStatLoss, js_divergence, total_variation
+
+
+def jitter_flip(x: torch.Tensor, limit: float = 1 / 8, flip: bool = True) -> torch.Tensor:
+    """Roll the whole batch by one random offset (up to ``limit`` of each side) and flip it
+    with probability 1/2 (DeepInversion's ``jitter_and_flip``)."""
+    ly, lx = int(x.shape[-2] * limit), int(x.shape[-1] * limit)
+    dy = int(torch.randint(-ly, ly + 1, ()).item())
+    dx = int(torch.randint(-lx, lx + 1, ()).item())
+    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    if flip and torch.rand(()).item() < 0.5:
+        x = x.flip(3)
+    return x
+
+
+class DeepInversionSynthesizer(Synthesizer):
+    def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device,
+                 tv: float = 0.0, l2: float = 0.0):
+        super().__init__(teacher, student, cfg, device)
+        self.tv, self.l2 = tv, l2
+        self.student_bn = None
+        if cfg.bn > 0 and cfg.adv > 0 and any(isinstance(m, nn.BatchNorm2d) for m in student.modules()):
+            self.student_bn = BNStatLoss(student, 0.0)
+            self.student_bn.set_enabled(False)
+        mean = torch.tensor(cfg.mean, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(cfg.std, device=self.device).view(1, -1, 1, 1)
+        self.lo, self.hi = (0 - mean) / std, (1 - mean) / std
+
+    def synthesize(self, epoch: int) -> Dict[str, float]:
+        cfg = self.cfg
+        with self.synthesis() as timer:
+            if self.student_bn is not None:
+                self.student_bn.set_enabled(True)
+            x = torch.randn(cfg.batch_size, cfg.nc, cfg.img_size, cfg.img_size, device=self.device,
+                            requires_grad=True)
+            targets = sample_targets(cfg.batch_size, cfg.num_classes, cfg.balanced_targets, self.device).sort()[0]
+            opt = torch.optim.Adam([x], lr=cfg.lr_g, betas=(0.5, 0.99))
+            best_x, best_loss, losses = x.detach().clone(), None, {}
+            for _ in range(cfg.g_steps):
+                x_aug = jitter_flip(x, flip=cfg.flip)
+                t_out = self.teacher(x_aug)
+                losses = {}
+                if self.bn_loss is not None:
+                    losses["bn"] = cfg.bn * self.bn_loss.value()
+                if cfg.oh > 0:
+                    losses["oh"] = cfg.oh * F.cross_entropy(t_out, targets)
+                if cfg.adv > 0:
+                    s_out = self.student(x_aug)
+                    losses["adv"] = -cfg.adv * js_divergence(s_out, t_out, T=3.0)
+                    if self.student_bn is not None:
+                        losses["bn_student"] = -0.001 * cfg.bn * self.student_bn.value()
+                if self.tv > 0:
+                    losses["tv"] = self.tv * total_variation(x)
+                if self.l2 > 0:
+                    losses["l2"] = self.l2 * torch.linalg.vector_norm(x)
+                loss = sum(losses.values())
+                with torch.no_grad():
+                    if best_loss is None:
+                        best_x, best_loss = x.detach().clone(), loss.detach()
+                    else:
+                        better = loss.detach() < best_loss
+                        best_x = torch.where(better, x.detach(), best_x)
+                        best_loss = torch.minimum(best_loss, loss.detach())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    x.data = torch.maximum(torch.minimum(x.data, self.hi), self.lo)
+            if self.student_bn is not None:
+                self.student_bn.set_enabled(False)
+            images = self.normalize.denormalize(best_x).clamp(0, 1)
+            self.pool.add(images)
+            self.last_images = images
+        out = {"syn_time": timer.elapsed, "syn_loss": best_loss.item() if best_loss is not None else 0.0}
+        out.update({f"syn_{k}": v.item() for k, v in losses.items()})
+        return out
