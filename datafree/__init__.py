@@ -3,6 +3,7 @@ from typing import Dict, Type
 
 from datafree.base import SynthesisConfig, Synthesizer
 from datafree.fast import FastSynthesizer
+from datafree.cmi import CMISynthesizer
 from datafree.deepinv import DeepInversionSynthesizer
 from datafree.fast_meta import FastMetaSynthesizer
 from datafree.generative import DAFL, DFAD, DFQ, ZSKT
@@ -11,6 +12,7 @@ SYNTHESIZERS: Dict[str, Type[Synthesizer]] = {
     "fast": FastSynthesizer,
     "fast_meta": FastMetaSynthesizer,
     "deepinv": DeepInversionSynthesizer,
+    "cmi": CMISynthesizer,
     "dafl": DAFL,
     "zskt": ZSKT,
     "dfad": DFAD,

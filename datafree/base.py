@@ -60,6 +60,16 @@ class SynthesisConfig:
     pool_capacity: Optional[int] = None
     pad: int = 4  # random-crop padding of the synthesis and KD augmentation
     flip: bool = True
+    # deepinv image priors (Fast-Datafree fixes both to 0)
+    tv: float = 0.0
+    l2: float = 0.0
+    # cmi
+    cr: float = 0.8
+    cr_T: float = 0.2
+    bank_size: int = 40960
+    n_neg: int = 4096
+    head_dim: int = 256
+    cmi_layers: Optional[Sequence[str]] = None  # tap specs; None: the inputs of every teacher BN
 
 
 def sample_targets(n: int, num_classes: int, balanced: bool, device: torch.device) -> torch.Tensor:

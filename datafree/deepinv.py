@@ -41,10 +41,9 @@ def jitter_flip(x: torch.Tensor, limit: float = 1 / 8, flip: bool = True) -> tor
 
 
 class DeepInversionSynthesizer(Synthesizer):
-    def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device,
-                 tv: float = 0.0, l2: float = 0.0):
+    def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         super().__init__(teacher, student, cfg, device)
-        self.tv, self.l2 = tv, l2
+        self.tv, self.l2 = cfg.tv, cfg.l2
         self.student_bn = None
         if cfg.bn > 0 and cfg.adv > 0 and any(isinstance(m, nn.BatchNorm2d) for m in student.modules()):
             self.student_bn = BNStatLoss(student, 0.0)

@@ -133,7 +133,7 @@ def run(argv: Optional[list] = None) -> dict:
         bn=args.bn, oh=args.oh, adv=args.adv, act=args.act, balance=args.balance, bn_mmt=args.bn_mmt,
         is_maml=args.is_maml, reset_l0=bool(args.reset_l0), reset_bn=bool(args.reset_bn),
         reset_epoch=args.reset_epoch, warmup=args.warmup, balanced_targets=args.balanced_targets,
-        pool_storage=args.pool_storage, pool_capacity=args.pool_capacity,
+        pool_storage=args.pool_storage, pool_capacity=args.pool_capacity, cr=args.cr, cr_T=args.cr_T,
         pad=spec.pad if spec.train_aug in ("crop", "crop_flip") else 0, flip=spec.train_aug == "crop_flip")
     train = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                         schedule="cosine", eta_min=2e-4, amp=args.amp, log_every=args.log_every,

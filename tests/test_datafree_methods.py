@@ -160,6 +160,7 @@ def test_teacher_without_batchnorm_is_refused_when_bn_weight_is_set():
 METHOD_WEIGHTS = {
     "fast": {}, "fast_meta": {},
     "deepinv": dict(g_steps=4, lr_g=0.1),
+    "cmi": dict(g_steps=3, cr=0.8, cr_T=0.2, bank_size=64, n_neg=16, head_dim=8),
     "dafl": dict(bn=0.0, adv=0.0, oh=1.0, act=0.1, balance=1.0, g_steps=1),
     "zskt": dict(bn=0.0, oh=0.0, adv=1.0, g_steps=1),
     "dfad": dict(bn=0.0, oh=0.0, adv=1.0, g_steps=1),
@@ -203,3 +204,13 @@ def test_deepinv_keeps_pixels_in_the_valid_range():
     s.synthesize(epoch=0)
     imgs = s.pool.images()
     assert imgs.min() >= 0 and imgs.max() <= 1 and imgs.std() > 0
+
+
+def test_cmi_bank_fills_and_contrastive_term_runs_with_and_without_cr():
+    s = make("cmi", **METHOD_WEIGHTS["cmi"])
+    stats = s.synthesize(epoch=0)
+    assert s.bank.count == 6 and "syn_cr" in stats
+    stats = s.synthesize(epoch=0)  # now with cached negatives
+    assert s.bank.count == 12 and stats["syn_cr"] > 0
+    s0 = make("cmi", **{**METHOD_WEIGHTS["cmi"], "cr": 0.0})  # the reference crashes here
+    assert "syn_cr" not in s0.synthesize(epoch=0) and len(s0.pool) == 6

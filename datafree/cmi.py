@@ -1,0 +1,176 @@
+"""``cmi``: Contrastive Model Inversion (Fang et al., IJCAI-21; zju-vipa/CMI and Fast-Datafree
+``datafree/synthesis/contrastive.py``; reference-notes §1.6).
+
+Each round re-initialises a generator (weights N(0, 0.02), BN scales N(1, 0.02)) and trains it
+with a fresh z for ``g_steps`` by Adam{G, z} (lr_g, betas (0.5, 0.999)) on
+
+    L = L_inv + cr * L_cr,   L_inv = bn * L_bn + oh * CE(t, y) + adv * masked adversarial KL
+
+computed on a global view (crop with padding 4 + flip). For L_cr the teacher also sees a local
+view (RandomResizedCrop, scale 0.25-1, + flip); the features h are the concatenated spatial
+means of the inputs of every teacher BN layer (or of ``cmi_layers``); a projection head
+(Linear(d, d) - ReLU - Linear(d, 256) - L2-normalise, its own persistent Adam(lr_g)) maps
+[local; cached local] and [global; cached global] to unit vectors, and L_cr is the
+cross-entropy of local-vs-global similarities / cr_T with the matching index as label,
+averaged separately over the current batch and the cached negatives. The memory bank (40,960
+entries of [local || global], 4,096 drawn per step) lives on the device here (the reference
+keeps it on the CPU). The lowest-loss batch and its features join the pool and the bank.
+
+Fix of a reference bug (notes §6 item 7): ``cr = 0`` works (the reference raises NameError).
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import kornia.augmentation as K
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datafree.base import Synthesizer, SynthesisConfig, sample_targets
+from datafree.generator import Generator
+from datafree.losses import masked_adversarial_kl
+from engine.hooks import parse_tap, resolve_module
+
+
+class ProjectionHead(nn.Module):
+    def __init__(self, dim_in: int, dim_out: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim_in, dim_in), nn.ReLU(inplace=True), nn.Linear(dim_in, dim_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(x), dim=1)
+
+
+class MemoryBank:
+    """A ring buffer of feature vectors on the device; ``sample(k)`` draws without replacement."""
+
+    def __init__(self, size: int, dim: int, device: torch.device):
+        self.data = torch.zeros(size, dim, device=device)
+        self.ptr, self.count = 0, 0
+
+    def add(self, feats: torch.Tensor) -> None:
+        n = feats.shape[0]
+        idx = (self.ptr + torch.arange(n, device=self.data.device)) % len(self.data)
+        self.data[idx] = feats.detach()
+        self.ptr = (self.ptr + n) % len(self.data)
+        self.count = min(self.count + n, len(self.data))
+
+    def sample(self, k: int) -> torch.Tensor:
+        k = min(k, self.count)
+        return self.data[torch.randperm(self.count, device=self.data.device)[:k]]
+
+
+def reinit_generator(g: nn.Module) -> None:
+    """CMI's per-round reset: conv/linear weights N(0, 0.02), BN scale N(1, 0.02), biases 0."""
+    for m in g.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class CMISynthesizer(Synthesizer):
+    def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
+        super().__init__(teacher, student, cfg, device)
+        self.cr, self.cr_T, self.n_neg = cfg.cr, cfg.cr_T, cfg.n_neg
+        self.generator = Generator(cfg.nz, cfg.ngf, cfg.img_size, cfg.nc).to(self.device)
+        self.global_view = self.augment
+        self.local_view = nn.Sequential(
+            K.RandomResizedCrop((cfg.img_size, cfg.img_size), scale=(0.25, 1.0)),
+            K.RandomHorizontalFlip() if cfg.flip else nn.Identity()).to(self.device)
+        self._means = {}
+        if cfg.cmi_layers:
+            modules = [(spec, resolve_module(teacher, parse_tap(spec)[0])) for spec in cfg.cmi_layers]
+        else:
+            modules = [(n, m) for n, m in teacher.named_modules() if isinstance(m, nn.BatchNorm2d)]
+        self._handles = [m.register_forward_hook(self._mean_hook(n)) for n, m in modules]
+        self._order = [n for n, _ in modules]
+        with torch.no_grad():
+            teacher(torch.zeros(1, cfg.nc, cfg.img_size, cfg.img_size, device=self.device))
+        dim = self.features().shape[1]
+        self.head = ProjectionHead(dim, cfg.head_dim).to(self.device)
+        self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=cfg.lr_g)
+        self.bank = MemoryBank(cfg.bank_size, 2 * dim, self.device)
+
+    def _mean_hook(self, name: str):
+        def hook(_m, inputs, _out):
+            self._means[name] = inputs[0].float().mean(dim=(2, 3))
+
+        return hook
+
+    def features(self) -> torch.Tensor:
+        return torch.cat([self._means[n] for n in self._order], dim=1)
+
+    def contrastive_loss(self, local: torch.Tensor, glob: torch.Tensor) -> torch.Tensor:
+        n = local.shape[0]
+        cached = self.bank.sample(self.n_neg)
+        c_local, c_global = cached.chunk(2, dim=1) if len(cached) else (local[:0], glob[:0])
+        proj = self.head(torch.cat([local, c_local, glob, c_global]))
+        p_local, p_global = proj.chunk(2)
+        logits = p_local @ p_global.detach().T / self.cr_T
+        ce = F.cross_entropy(logits, torch.arange(len(logits), device=logits.device), reduction="none")
+        return ce[:n].mean() + ce[n:].mean() if len(cached) else ce.mean()
+
+    def synthesize(self, epoch: int) -> Dict[str, float]:
+        cfg = self.cfg
+        with self.synthesis() as timer:
+            reinit_generator(self.generator)
+            self.generator.train()
+            z = torch.randn(cfg.batch_size, cfg.nz, device=self.device, requires_grad=True)
+            targets = sample_targets(cfg.batch_size, cfg.num_classes, cfg.balanced_targets, self.device).sort()[0]
+            opt = torch.optim.Adam([{"params": self.generator.parameters()}, {"params": [z]}], lr=cfg.lr_g,
+                                   betas=(0.5, 0.999))
+            best = None
+            for _ in range(cfg.g_steps):
+                x = self.generator(z)
+                g_view = self.global_view(x)
+                t_out = self.teacher(g_view)
+                losses = {}
+                if self.bn_loss is not None:
+                    losses["bn"] = cfg.bn * self.bn_loss.value()
+                if cfg.oh > 0:
+                    losses["oh"] = cfg.oh * F.cross_entropy(t_out, targets)
+                if cfg.adv > 0:
+                    losses["adv"] = cfg.adv * masked_adversarial_kl(self.student(g_view), t_out)
+                glob = self.features()
+                local = None
+                if self.cr > 0:
+                    self.teacher(self.normalize(self.local_view(x)))
+                    local = self.features()
+                    losses["cr"] = self.cr * self.contrastive_loss(local, glob)
+                loss = sum(losses.values())
+                with torch.no_grad():
+                    feats = torch.cat([local if local is not None else glob, glob], dim=1).detach()
+                    if best is None:
+                        best = [loss.detach(), x.detach().clone(), feats.clone()]
+                    else:
+                        better = loss.detach() < best[0]
+                        best = [torch.minimum(best[0], loss.detach()), torch.where(better, x.detach(), best[1]),
+                                torch.where(better, feats, best[2])]
+                opt.zero_grad(set_to_none=True)
+                self.head_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                self.head_optimizer.step()
+            self.pool.add(best[1])
+            self.bank.add(best[2])
+            self.last_images = best[1]
+        out = {"syn_time": timer.elapsed, "syn_loss": best[0].item()}
+        out.update({f"syn_{k}": v.item() for k, v in losses.items()})
+        return out
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "head": self.head.state_dict(),
+                "head_optimizer": self.head_optimizer.state_dict(),
+                "bank": {"data": self.bank.data, "ptr": self.bank.ptr, "count": self.bank.count}}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.head.load_state_dict(state["head"])
+        self.head_optimizer.load_state_dict(state["head_optimizer"])
+        self.bank.data = state["bank"]["data"].to(self.device)
+        self.bank.ptr, self.bank.count = state["bank"]["ptr"], state["bank"]["count"]
