@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -60,6 +60,16 @@ class SynthesisConfig:
     pool_capacity: Optional[int] = None
     pad: int = 4  # random-crop padding of the synthesis and KD augmentation
     flip: bool = True
+    # generator / augmentation / storage (ImageNet-size setting: deep, rrc_flip, last, meta_z)
+    generator: str = "auto"  # dcgan | deep (spatial latent) | auto: deep from 128 px up
+    augment: str = "crop_flip"  # crop_flip (pad + flip) | rrc_flip (RandomResizedCrop + flip)
+    rrc_scale: Tuple[float, float] = (0.75, 1.0)
+    keep: str = "best"  # which inner-step batch joins the pool: lowest loss, or the last one
+    meta_z: bool = False  # fast_meta: a persistent, meta-learned latent batch
+    lr_g_meta: Optional[float] = None  # fast_meta meta lr for G (default lr_g * g_steps)
+    lr_z_meta: float = 5e-3
+    z_reinit: int = 50  # with meta_z: re-sample the latents every this many epochs
+    reptile_scale: float = 67.0  # Fast-Datafree's CIFAR factor; its ImageNet script uses 1
     # deepinv image priors (Fast-Datafree fixes both to 0)
     tv: float = 0.0
     l2: float = 0.0
@@ -80,15 +90,40 @@ def sample_targets(n: int, num_classes: int, balanced: bool, device: torch.devic
     return torch.randint(num_classes, (n,), device=device)
 
 
+def build_augment(cfg: SynthesisConfig) -> nn.Module:
+    """The differentiable augmentation applied to synthetic images (in [0, 1]) before the
+    teacher sees them, and to pool samples before KD steps."""
+    if cfg.augment == "crop_flip":
+        return BatchAugment(cfg.mean, cfg.std, pad=cfg.pad, flip=cfg.flip)
+    if cfg.augment == "rrc_flip":
+        import kornia.augmentation as K
+
+        return nn.Sequential(K.RandomResizedCrop((cfg.img_size, cfg.img_size), scale=tuple(cfg.rrc_scale)),
+                             K.RandomHorizontalFlip() if cfg.flip else nn.Identity(), Normalize(cfg.mean, cfg.std))
+    raise ValueError(f"augment must be crop_flip or rrc_flip, got {cfg.augment!r}")
+
+
+def build_generator(cfg: SynthesisConfig) -> nn.Module:
+    from datafree.generator import DeepGenerator, Generator
+
+    kind = cfg.generator if cfg.generator != "auto" else ("deep" if cfg.img_size >= 128 else "dcgan")
+    if kind == "dcgan":
+        return Generator(cfg.nz, cfg.ngf, cfg.img_size, cfg.nc)
+    if kind == "deep":
+        return DeepGenerator(cfg.nz, cfg.ngf, cfg.img_size, cfg.nc)
+    raise ValueError(f"generator must be dcgan, deep or auto, got {cfg.generator!r}")
+
+
 class Synthesizer:
     """Base class: holds the teacher, the student, the augmentation and the image pool."""
 
     uses_pool = True
+    default_nz = 256  # latent size when --nz is not given
 
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         self.teacher, self.student, self.cfg, self.device = teacher, student, cfg, torch.device(device)
-        self.augment = BatchAugment(cfg.mean, cfg.std, pad=cfg.pad, flip=cfg.flip).to(self.device)
         self.normalize = Normalize(cfg.mean, cfg.std).to(self.device)
+        self.augment = build_augment(cfg).to(self.device)
         self.pool = ImagePool(self.device, cfg.pool_storage, cfg.pool_capacity)
         self.bn_loss: Optional[BNStatLoss] = None
         if cfg.bn > 0:

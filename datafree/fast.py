@@ -16,24 +16,25 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from datafree.base import Synthesizer, SynthesisConfig, sample_targets
-from datafree.generator import Generator
+from datafree.base import Synthesizer, SynthesisConfig, build_generator, sample_targets
 
 
 class FastSynthesizer(Synthesizer):
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         super().__init__(teacher, student, cfg, device)
-        self.generator = Generator(cfg.nz, cfg.ngf, cfg.img_size, cfg.nc).to(self.device)
+        self.generator = build_generator(cfg).to(self.device)
 
     def new_latent(self) -> torch.Tensor:
-        return torch.randn(self.cfg.batch_size, self.cfg.nz, device=self.device, requires_grad=True)
+        shape = self.generator.latent_shape(self.cfg.batch_size)
+        return torch.randn(shape, device=self.device, requires_grad=True)
 
     def inner_loop(self, generator: nn.Module, z: torch.Tensor, targets: torch.Tensor, epoch: int,
                    after_backward: Optional[Callable[[int], None]] = None
                    ) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
-        """``g_steps`` of Adam on (generator, z). Returns the lowest-loss images (in [0, 1]),
-        that loss, and the last step's named losses. ``after_backward(k)`` runs after the
-        k-th backward pass, before the optimiser step (where the meta-gradient is read)."""
+        """``g_steps`` of Adam on (generator, z). Returns the lowest-loss images in [0, 1] (the
+        last step's with ``keep='last'``), that loss, and the last step's named losses.
+        ``after_backward(k)`` runs after the k-th backward pass, before the optimiser step
+        (where the meta-gradient is read)."""
         cfg = self.cfg
         opt = torch.optim.Adam([{"params": generator.parameters()}, {"params": [z], "lr": cfg.lr_z}],
                                lr=cfg.lr_g, betas=(0.5, 0.999))
@@ -43,7 +44,7 @@ class FastSynthesizer(Synthesizer):
             losses = self.inversion_losses(self.augment(x), targets, epoch)
             loss = sum(losses.values())
             with torch.no_grad():
-                if best_x is None:
+                if best_x is None or cfg.keep == "last":
                     best_x, best_loss = x.detach().clone(), loss.detach()
                 else:
                     better = loss.detach() < best_loss
@@ -67,12 +68,16 @@ class FastSynthesizer(Synthesizer):
         self.generator.train()
         return self.inner_loop(self.generator, z, targets, epoch)
 
+    def latents(self, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A fresh learnable latent batch and its targets for this round."""
+        y = sample_targets(self.cfg.batch_size, self.cfg.num_classes, self.cfg.balanced_targets, self.device)
+        return self.new_latent(), y
+
     def synthesize(self, epoch: int) -> Dict[str, float]:
         with self.synthesis() as timer:
             self.maybe_reset(epoch)
-            targets = sample_targets(self.cfg.batch_size, self.cfg.num_classes, self.cfg.balanced_targets,
-                                     self.device)
-            best_x, best_loss, losses = self.run_round(self.new_latent(), targets, epoch)
+            z, targets = self.latents(epoch)
+            best_x, best_loss, losses = self.run_round(z, targets, epoch)
             if self.bn_loss is not None and self.cfg.bn_mmt > 0:
                 self.bn_loss.update_momentum()
             self.pool.add(best_x)

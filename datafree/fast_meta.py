@@ -10,23 +10,29 @@ persistent meta optimiser Adam(lr_g * g_steps, betas (0.5, 0.999)) from
   gradients (what the reference's ``fomaml_grad`` accumulates; textbook FOMAML would use
   only the last one);
 * ``is_maml=0``: Reptile, gradient ``67 * (theta - theta'_K)`` (the reference's hard-coded
-  factor; Adam is invariant to it up to epsilon);
+  CIFAR factor, ``reptile_scale``; Adam is invariant to it up to epsilon);
 * ``is_maml=2`` (ours, not in the paper): second-order MAML: the inner loop runs functionally
   with ``torch.func.functional_call`` and plain gradient steps (differentiable, unlike Adam's
   in-place update), and the meta-gradient is d L(theta'_K) / d theta through the whole loop.
 
-Parameters without a gradient are skipped (the reference crashes on them, notes §6 item 5).
+ImageNet-size setting (``fast_meta_imagenet.py``, notes §2.4): ``meta_z`` keeps one persistent
+latent batch (with its targets) that is meta-learned like G (meta lr ``lr_z_meta``) and re-sampled
+every ``z_reinit`` epochs; with a ``DeepGenerator`` (spatial latent), ``rrc_flip`` augmentation,
+``keep='last'`` and Reptile with ``reptile_scale=1`` this is the published ImageNet recipe.
+
+Parameters without a gradient are skipped (the reference crashes on them, notes §6 item 5), and
+the latents' FOMAML gradient is their gradient (the reference adds their values, item 5).
 """
 from __future__ import annotations
 
 import copy
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from datafree.base import SynthesisConfig
+from datafree.base import SynthesisConfig, sample_targets
 from datafree.fast import FastSynthesizer
 
 REPTILE_SCALE = 67.0  # Fast-Datafree's hard-coded Reptile factor
@@ -49,13 +55,38 @@ def set_reptile_grads(target: nn.Module, adapted: nn.Module, scale: float = REPT
         p.grad = scale * (p.detach() - q.detach())
 
 
+def _accumulate(p: torch.Tensor, g: Optional[torch.Tensor]) -> None:
+    if g is not None:
+        p.grad = g.detach().clone() if p.grad is None else p.grad.add_(g)
+
+
 class FastMetaSynthesizer(FastSynthesizer):
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         super().__init__(teacher, student, cfg, device)
         if cfg.is_maml not in (0, 1, 2):
             raise ValueError(f"--is_maml must be 0 (Reptile), 1 (FOMAML) or 2 (second-order), got {cfg.is_maml}")
-        self.meta_optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g * cfg.g_steps,
-                                               betas=(0.5, 0.999))
+        groups = [{"params": list(self.generator.parameters()),
+                   "lr": cfg.lr_g_meta if cfg.lr_g_meta is not None else cfg.lr_g * cfg.g_steps}]
+        self.z: Optional[torch.Tensor] = None
+        self.z_targets: Optional[torch.Tensor] = None
+        self.z_epoch = -1
+        if cfg.meta_z:
+            self.z = torch.randn(self.generator.latent_shape(cfg.batch_size), device=self.device, requires_grad=True)
+            self.z_targets = sample_targets(cfg.batch_size, cfg.num_classes, cfg.balanced_targets, self.device)
+            groups.append({"params": [self.z], "lr": cfg.lr_z_meta})
+        self.meta_optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999))
+
+    def latents(self, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        if not self.cfg.meta_z:
+            return super().latents(epoch)
+        if epoch != self.z_epoch and epoch > 0 and epoch % self.cfg.z_reinit == 0:
+            with torch.no_grad():
+                self.z.normal_()
+            self.z_targets = sample_targets(self.cfg.batch_size, self.cfg.num_classes, self.cfg.balanced_targets,
+                                            self.device)
+            self.meta_optimizer.state.pop(self.z, None)
+        self.z_epoch = epoch
+        return self.z.detach().clone().requires_grad_(True), self.z_targets
 
     def run_round(self, z: torch.Tensor, targets: torch.Tensor, epoch: int):
         self.meta_optimizer.zero_grad(set_to_none=True)
@@ -63,16 +94,25 @@ class FastMetaSynthesizer(FastSynthesizer):
             out = self._second_order_round(z, targets, epoch)
         else:
             fast = copy.deepcopy(self.generator).train()
-            hook = (lambda k: add_grads(self.generator, fast)) if self.cfg.is_maml == 1 else None
-            out = self.inner_loop(fast, z, targets, epoch, after_backward=hook)
+
+            def fomaml(_k: int) -> None:
+                add_grads(self.generator, fast)
+                if self.z is not None:
+                    _accumulate(self.z, z.grad)
+
+            out = self.inner_loop(fast, z, targets, epoch, after_backward=fomaml if self.cfg.is_maml == 1 else None)
             if self.cfg.is_maml == 0:
-                set_reptile_grads(self.generator, fast)
+                set_reptile_grads(self.generator, fast, self.cfg.reptile_scale)
+                if self.z is not None:
+                    self.z.grad = self.cfg.reptile_scale * (self.z.detach() - z.detach())
         self.meta_optimizer.step()
         return out
 
     def _second_order_round(self, z: torch.Tensor, targets: torch.Tensor, epoch: int):
         """Inner SGD on (theta', z) kept in the autograd graph; meta-gradient of the final loss."""
         cfg = self.cfg
+        if self.z is not None:
+            z = self.z  # start from the persistent latents so their meta-gradient is defined
         self.generator.train()
         params = dict(self.generator.named_parameters())
         buffers = {k: v.clone() for k, v in self.generator.named_buffers()}
@@ -83,7 +123,7 @@ class FastMetaSynthesizer(FastSynthesizer):
             losses = self.inversion_losses(self.augment(x), targets, epoch)
             loss = sum(losses.values())
             with torch.no_grad():
-                better = best_loss is None or loss.detach() < best_loss
+                better = best_loss is None or cfg.keep == "last" or loss.detach() < best_loss
                 best_x = x.detach().clone() if best_x is None else torch.where(better, x.detach(), best_x)
                 best_loss = loss.detach() if best_loss is None else torch.minimum(best_loss, loss.detach())
             if k == cfg.g_steps:
@@ -92,14 +132,21 @@ class FastMetaSynthesizer(FastSynthesizer):
             grads = torch.autograd.grad(loss, [fast[n] for n in names] + [z], create_graph=True)
             fast = {n: fast[n] - cfg.lr_g * g for n, g in zip(names, grads[:-1])}
             z = z - cfg.lr_z * grads[-1]
-        meta = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        for p, g in zip(params.values(), meta):
+        leaves = list(params.values()) + ([self.z] if self.z is not None else [])
+        meta = torch.autograd.grad(loss, leaves, allow_unused=True)
+        for p, g in zip(leaves, meta):
             p.grad = None if g is None else g.detach()
         return best_x, best_loss, losses
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "meta_optimizer": self.meta_optimizer.state_dict()}
+        return {**super().state_dict(), "meta_optimizer": self.meta_optimizer.state_dict(),
+                "z": self.z.detach() if self.z is not None else None, "z_targets": self.z_targets,
+                "z_epoch": self.z_epoch}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
+        if self.z is not None and state.get("z") is not None:
+            with torch.no_grad():
+                self.z.copy_(state["z"])
+            self.z_targets, self.z_epoch = state["z_targets"].to(self.device), state["z_epoch"]
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])

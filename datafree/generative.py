@@ -101,6 +101,8 @@ class GenerativeSynthesizer(Synthesizer):
 class DAFL(GenerativeSynthesizer):
     """DAFL (Chen et al., ICCV-19): one-hot + activation + information-entropy (balance) terms."""
 
+    default_nz = 512
+
 
 class ZSKT(GenerativeSynthesizer):
     """ZSKT (Micaelli & Storkey, NeurIPS-19): adversarial KL between student and teacher."""

@@ -38,6 +38,9 @@ class Generator(nn.Module):
             nn.Sigmoid(),
         )
 
+    def latent_shape(self, batch_size: int) -> tuple:
+        return (batch_size, self.nz)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.l1(z).view(z.shape[0], 2 * self.ngf, self.init_size, self.init_size)
         return self.conv_blocks(x)

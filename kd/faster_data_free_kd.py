@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ep_steps", type=int, default=400, help="student steps per epoch")
     g = p.add_argument_group("synthesis")
     g.add_argument("--g_steps", type=int, default=1, help="generator steps per round")
+    g.add_argument("--nz", type=int, default=None, help="latent size (default 512 for dafl, else 256)")
     g.add_argument("--lr_g", type=float, default=1e-3)
     g.add_argument("--lr_z", type=float, default=1e-3)
     g.add_argument("--adv", type=float, default=0.0, help="weight of the adversarial term")
@@ -85,6 +86,8 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
         for k, v in QUICK.items():
             if k not in given:
                 setattr(args, k, v)
+    if args.nz is None and args.method in SYNTHESIZERS:
+        args.nz = SYNTHESIZERS[args.method].default_nz
     if args.synthesis_batch_size is None:
         args.synthesis_batch_size = args.batch_size
     if args.save_dir is None:
@@ -129,7 +132,7 @@ def run(argv: Optional[list] = None) -> dict:
         return out
     syn = SynthesisConfig(
         num_classes=spec.num_classes, img_size=spec.image_size, nc=spec.in_chans, mean=spec.mean, std=spec.std,
-        batch_size=args.synthesis_batch_size, g_steps=args.g_steps, lr_g=args.lr_g, lr_z=args.lr_z,
+        batch_size=args.synthesis_batch_size, g_steps=args.g_steps, nz=args.nz, lr_g=args.lr_g, lr_z=args.lr_z,
         bn=args.bn, oh=args.oh, adv=args.adv, act=args.act, balance=args.balance, bn_mmt=args.bn_mmt,
         is_maml=args.is_maml, reset_l0=bool(args.reset_l0), reset_bn=bool(args.reset_bn),
         reset_epoch=args.reset_epoch, warmup=args.warmup, balanced_targets=args.balanced_targets,
