@@ -7,7 +7,7 @@ code base run unchanged.
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch.nn as nn
 
@@ -46,9 +46,13 @@ def canonical_name(name: str) -> str:
     return _CANONICAL[name]
 
 
-def get_model(name: str, num_classes: int = 10, in_chans: int = 3, **kwargs) -> nn.Module:
-    """Build a registered model. Every model carries ``feature_taps`` (see
-    :mod:`engine.hooks`) naming the modules whose inputs/outputs distillers may read."""
-    model = _MODELS[canonical_name(name)](num_classes=num_classes, in_chans=in_chans, **kwargs)
+def get_model(name: str, num_classes: int = 10, in_chans: Optional[int] = None,
+              **kwargs) -> nn.Module:
+    """Build a registered model. ``in_chans=None`` keeps the architecture's default (3, or 1
+    for LeNet). Every model carries ``feature_taps`` (see :mod:`engine.hooks`) naming the
+    modules whose inputs/outputs distillers may read."""
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    model = _MODELS[canonical_name(name)](num_classes=num_classes, **kwargs)
     model.model_name = canonical_name(name)
     return model

@@ -1,0 +1,13 @@
+"""Model zoo: every architecture registered by canonical name plus the field's aliases.
+
+``get_model("wrn40_2", num_classes=100)`` (Fast-Datafree spelling) and
+``get_model("wrn_40_2", ...)`` (RepDistiller spelling) build the same network. Every model
+carries ``feature_taps`` (``stem``, ``stage1..N``, ``preact1..N``, ``pool``) for
+:class:`engine.hooks.FeatureTaps`.
+"""
+from . import (  # noqa: F401  (importing a family module registers its models)
+    imagenet, lenet, mobilenetv2, resnet, resnet_cifar, shufflenetv1, shufflenetv2, vgg, wrn,
+)
+from ._factory import canonical_name, get_model, list_models, register_model
+
+__all__ = ["get_model", "list_models", "register_model", "canonical_name"]
