@@ -7,9 +7,9 @@ folders (or when ``pipeline='pil'`` is asked for, e.g. by the throughput benchma
 
 The crop/flip here is the same transform as torchvision's ``RandomCrop(size, padding=pad)``
 (zero padding in [0, 1] pixel space) followed by ``RandomHorizontalFlip``; it is written with
-one gather instead of kornia's affine warp because it is exact and several times faster on
-CPU (``python -m bench.throughput --augment`` measures both). kornia is used where a warp is
-really needed (RandomResizedCrop for ImageNet-size synthesis).
+integer gathers instead of kornia's affine warp because that is exact (no interpolation) and
+about twice as fast on CPU (``python -m bench.throughput`` prints both). kornia is used where a
+warp is really needed (RandomResizedCrop for ImageNet-size synthesis and CMI's local view).
 """
 from __future__ import annotations
 
