@@ -32,13 +32,20 @@ from kd.distillers import KD
 def build_trainer(teacher: nn.Module, student: nn.Module, method: str, syn: SynthesisConfig, train: TrainConfig,
                   test_loader: Optional[Iterable] = None, T: float = 20.0, batch_size: int = 256,
                   kd_steps: int = 400, ep_steps: int = 400, device: Optional[torch.device] = None,
-                  logger: Optional[RunLogger] = None, args: Optional[dict] = None) -> Trainer:
-    """Wire teacher, student, synthesizer, KD objective and trainer together."""
+                  logger: Optional[RunLogger] = None, args: Optional[dict] = None,
+                  init_images: Optional[torch.Tensor] = None) -> Trainer:
+    """Wire teacher, student, synthesizer, KD objective and trainer together. ``init_images``
+    (float, [0, 1]) start the pool, as Fast-Datafree's ``--cmi_init`` does."""
     device = device or resolve_device("auto")
     teacher = teacher.to(device).eval()
     teacher.requires_grad_(False)
     student = student.to(device)
     synth = get_synthesizer_class(method)(teacher, student, syn, device)
+    if init_images is not None:
+        if not synth.uses_pool:
+            raise ValueError(f"--cmi_init: {method} draws fresh generator batches and keeps no image pool")
+        for chunk in init_images.split(1024):
+            synth.pool.add(chunk)
     logger = logger or RunLogger(train.save_dir)
     source = DataFreeSource(synth, batch_size, kd_steps, ep_steps, syn.warmup, logger,
                             image_dir=os.path.join(train.save_dir, "images"))

@@ -9,9 +9,11 @@ every addition, cycled through until the next one.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 
 class ImagePool:
@@ -103,3 +105,43 @@ class ImagePool:
         self._order = state["order"].to(self.device) if state["order"] is not None else None
         self._cursor = state["cursor"]
         self.generator.set_state(state["generator"])
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def load_image_set(path: str, img_size: int, nc: int) -> torch.Tensor:
+    """A pre-synthesised image set (``--cmi_init``) as float images in [0, 1], N x nc x S x S.
+
+    ``path`` is a ``.pt`` file holding one image tensor (uint8 0..255 or float 0..1, N x C x H x W)
+    or a folder searched recursively for PNG/JPEG files (the layout Fast-Datafree writes).
+    """
+    if os.path.isfile(path) and path.endswith(".pt"):
+        x = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"{path}: expected one N x C x H x W image tensor")
+        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    elif os.path.isdir(path):
+        import numpy as np
+        from PIL import Image
+
+        files = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs
+                       if f.lower().endswith(IMAGE_SUFFIXES))
+        if not files:
+            raise FileNotFoundError(f"--cmi_init: no images under {path!r}")
+        mode = "L" if nc == 1 else "RGB"
+        imgs = []
+        for f in files:
+            with Image.open(f) as im:
+                a = np.asarray(im.convert(mode), dtype=np.uint8)
+            imgs.append(torch.from_numpy(a.copy()).view(a.shape[0], a.shape[1], -1).permute(2, 0, 1))
+        imgs = [F.interpolate(i[None].float(), size=(img_size, img_size), mode="bilinear", align_corners=False)[0]
+                if i.shape[-2:] != (img_size, img_size) else i.float() for i in imgs]
+        x = torch.stack(imgs).div(255)
+    else:
+        raise FileNotFoundError(f"--cmi_init: {path!r} is neither a .pt file nor a folder")
+    if x.shape[1] != nc:
+        raise ValueError(f"--cmi_init images have {x.shape[1]} channels, the teacher takes {nc}")
+    if x.shape[-1] != img_size or x.shape[-2] != img_size:
+        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
+    return x.clamp(0, 1)

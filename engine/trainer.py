@@ -348,7 +348,7 @@ class Trainer:
         if s.get("steps"):
             parts.append(f"{s['throughput']:.0f} img/s")
         parts.append(f"{s['epoch_time']:.1f}s")
-        extra = [f"{k} {v:.3g}" for k, v in s.items() if k.startswith("syn_")]
+        extra = [f"{k} {int(v) if float(v).is_integer() else f'{v:.3g}'}" for k, v in s.items() if k.startswith("syn_")]
         self.logger.info(" | ".join(parts + extra))
         test_keys = ("top1", "top5", "test_loss")
         self.logger.scalars({f"{'test' if k in test_keys else 'train'}/{k}": v for k, v in s.items()

@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from datafree import SYNTHESIZERS, SynthesisConfig  # noqa: E402
 from datafree.api import build_trainer  # noqa: E402
+from datafree.pool import load_image_set  # noqa: E402
 from engine.checkpoint import load_weights  # noqa: E402
 from engine.data import build_loader  # noqa: E402
 from engine.launch import add_common_args, prepare_run, run_main  # noqa: E402
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("synthesis")
     g.add_argument("--g_steps", type=int, default=1, help="generator steps per round")
     g.add_argument("--nz", type=int, default=None, help="latent size (default 512 for dafl, else 256)")
+    g.add_argument("--ngf", type=int, default=64, help="generator width (the reference's 64)")
     g.add_argument("--lr_g", type=float, default=1e-3)
     g.add_argument("--lr_z", type=float, default=1e-3)
     g.add_argument("--adv", type=float, default=0.0, help="weight of the adversarial term")
@@ -71,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cr", type=float, default=1.0, help="CMI: weight of the contrastive term")
     g.add_argument("--cr_T", type=float, default=0.5, help="CMI: contrastive temperature")
     g.add_argument("--cmi_init", default=None, help="folder or .pt of pre-synthesised images to start the pool")
+    g.add_argument("--generator", default="auto", choices=["auto", "dcgan", "deep"],
+                   help="dcgan (z vector) or deep (spatial z, ImageNet size); auto: deep from 128 px")
+    g.add_argument("--keep", default="best", choices=["best", "last"], help="which inner-step batch is pooled")
+    g.add_argument("--meta_z", action="store_true", help="fast_meta: persistent, meta-learned latents")
+    g.add_argument("--lr_g_meta", type=float, default=None, help="fast_meta meta lr of G (default lr_g * g_steps)")
+    g.add_argument("--lr_z_meta", type=float, default=5e-3, help="fast_meta meta lr of the latents (--meta_z)")
+    g.add_argument("--z_reinit", type=int, default=50, help="with --meta_z: re-sample latents every N epochs")
+    g.add_argument("--reptile_scale", type=float, default=67.0, help="Reptile gradient factor (--is_maml 0)")
     g.add_argument("--pool_storage", default="uint8", choices=["uint8", "fp16"])
     g.add_argument("--pool_capacity", type=int, default=None, help="cap on pooled images (oldest dropped)")
     p.add_argument("--log_tag", default="", help="suffix of the default --save_dir")
@@ -132,18 +142,22 @@ def run(argv: Optional[list] = None) -> dict:
         return out
     syn = SynthesisConfig(
         num_classes=spec.num_classes, img_size=spec.image_size, nc=spec.in_chans, mean=spec.mean, std=spec.std,
-        batch_size=args.synthesis_batch_size, g_steps=args.g_steps, nz=args.nz, lr_g=args.lr_g, lr_z=args.lr_z,
+        batch_size=args.synthesis_batch_size, g_steps=args.g_steps, nz=args.nz, ngf=args.ngf, lr_g=args.lr_g, lr_z=args.lr_z,
         bn=args.bn, oh=args.oh, adv=args.adv, act=args.act, balance=args.balance, bn_mmt=args.bn_mmt,
         is_maml=args.is_maml, reset_l0=bool(args.reset_l0), reset_bn=bool(args.reset_bn),
         reset_epoch=args.reset_epoch, warmup=args.warmup, balanced_targets=args.balanced_targets,
         pool_storage=args.pool_storage, pool_capacity=args.pool_capacity, cr=args.cr, cr_T=args.cr_T,
-        pad=spec.pad if spec.train_aug in ("crop", "crop_flip") else 0, flip=spec.train_aug == "crop_flip")
+        pad=spec.pad if spec.train_aug in ("crop", "crop_flip") else 0, flip=spec.train_aug in ("crop_flip", "rrc_flip"),
+        augment="rrc_flip" if spec.train_aug == "rrc_flip" else "crop_flip", generator=args.generator,
+        keep=args.keep, meta_z=args.meta_z, lr_g_meta=args.lr_g_meta, lr_z_meta=args.lr_z_meta,
+        z_reinit=args.z_reinit, reptile_scale=args.reptile_scale)
     train = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                         schedule="cosine", eta_min=2e-4, amp=args.amp, log_every=args.log_every,
                         save_dir=args.save_dir, progress=not args.no_progress)
+    init = load_image_set(args.cmi_init, spec.image_size, spec.in_chans) if args.cmi_init else None
     trainer = build_trainer(teacher, student, args.method, syn, train, test_loader, T=args.T,
                             batch_size=args.batch_size, kd_steps=args.kd_steps, ep_steps=args.ep_steps,
-                            device=device, logger=logger, args=vars(args))
+                            device=device, logger=logger, args=vars(args), init_images=init)
     if resume:
         trainer.resume(resume)
     metrics = trainer.fit()
