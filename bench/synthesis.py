@@ -23,7 +23,6 @@ import statistics
 import tempfile
 import time
 
-import torch
 
 import cifar100
 from datafree import SYNTHESIZERS, SynthesisConfig

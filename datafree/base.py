@@ -82,6 +82,27 @@ class SynthesisConfig:
     cmi_layers: Optional[Sequence[str]] = None  # tap specs; None: the inputs of every teacher BN
 
 
+class BestBatch:
+    """Keeps the lowest-loss batch of a round (or the last one) on the device, selecting with
+    ``torch.where`` so the inner loop never waits for the host (the reference calls
+    ``loss.item()`` every step; the selection is the same)."""
+
+    def __init__(self, keep: str = "best"):
+        self.keep_last = keep == "last"
+        self.loss: Optional[torch.Tensor] = None
+        self.tensors: Sequence[torch.Tensor] = ()
+
+    @torch.no_grad()
+    def update(self, loss: torch.Tensor, *tensors: torch.Tensor) -> None:
+        loss = loss.detach()
+        if self.loss is None or self.keep_last:
+            self.loss, self.tensors = loss, [t.detach().clone() for t in tensors]
+        else:
+            better = loss < self.loss
+            self.tensors = [torch.where(better, t.detach(), b) for t, b in zip(tensors, self.tensors)]
+            self.loss = torch.minimum(self.loss, loss)
+
+
 def sample_targets(n: int, num_classes: int, balanced: bool, device: torch.device) -> torch.Tensor:
     """Uniform random labels (the reference), or an equal share per class in random order."""
     if balanced:
@@ -147,13 +168,15 @@ class Synthesizer:
             self.bn_loss.load_state_dict(state["bn"])
 
     # -- shared pieces ------------------------------------------------------------------
+    def bn_term(self) -> Dict[str, torch.Tensor]:
+        """``{"bn": bn * sum_l r_l}`` from the teacher's last forward, or nothing if bn = 0."""
+        return {"bn": self.cfg.bn * self.bn_loss.value()} if self.bn_loss is not None else {}
+
     def inversion_losses(self, x_aug: torch.Tensor, targets: torch.Tensor, epoch: int) -> Dict[str, torch.Tensor]:
         """The weighted bn / oh / adv terms on an augmented, normalised batch."""
         cfg = self.cfg
         t_out = self.teacher(x_aug)
-        losses = {}
-        if self.bn_loss is not None:
-            losses["bn"] = cfg.bn * self.bn_loss.value()
+        losses = self.bn_term()
         if cfg.oh > 0:
             losses["oh"] = cfg.oh * F.cross_entropy(t_out, targets)
         if cfg.adv > 0 and epoch >= cfg.warmup:

@@ -6,7 +6,8 @@ with a fresh z for ``g_steps`` by Adam{G, z} (lr_g, betas (0.5, 0.999)) on
 
     L = L_inv + cr * L_cr,   L_inv = bn * L_bn + oh * CE(t, y) + adv * masked adversarial KL
 
-computed on a global view (crop with padding 4 + flip). For L_cr the teacher also sees a local
+computed on a global view (crop with padding 4 + flip; the adversarial term, as everywhere,
+from ``--warmup`` on). For L_cr the teacher also sees a local
 view (RandomResizedCrop, scale 0.25-1, + flip); the features h are the concatenated spatial
 means of the inputs of every teacher BN layer (or of ``cmi_layers``); a projection head
 (Linear(d, d) - ReLU - Linear(d, 256) - L2-normalise, its own persistent Adam(lr_g)) maps
@@ -27,9 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datafree.base import Synthesizer, SynthesisConfig, sample_targets
+from datafree.base import BestBatch, Synthesizer, SynthesisConfig, sample_targets
 from datafree.generator import Generator
-from datafree.losses import masked_adversarial_kl
 from engine.hooks import parse_tap, resolve_module
 
 
@@ -124,18 +124,10 @@ class CMISynthesizer(Synthesizer):
             targets = sample_targets(cfg.batch_size, cfg.num_classes, cfg.balanced_targets, self.device).sort()[0]
             opt = torch.optim.Adam([{"params": self.generator.parameters()}, {"params": [z]}], lr=cfg.lr_g,
                                    betas=(0.5, 0.999))
-            best = None
+            best, losses = BestBatch(cfg.keep), {}
             for _ in range(cfg.g_steps):
                 x = self.generator(z)
-                g_view = self.global_view(x)
-                t_out = self.teacher(g_view)
-                losses = {}
-                if self.bn_loss is not None:
-                    losses["bn"] = cfg.bn * self.bn_loss.value()
-                if cfg.oh > 0:
-                    losses["oh"] = cfg.oh * F.cross_entropy(t_out, targets)
-                if cfg.adv > 0:
-                    losses["adv"] = cfg.adv * masked_adversarial_kl(self.student(g_view), t_out)
+                losses = self.inversion_losses(self.global_view(x), targets, epoch)
                 glob = self.features()
                 local = None
                 if self.cr > 0:
@@ -143,23 +135,17 @@ class CMISynthesizer(Synthesizer):
                     local = self.features()
                     losses["cr"] = self.cr * self.contrastive_loss(local, glob)
                 loss = sum(losses.values())
-                with torch.no_grad():
-                    feats = torch.cat([local if local is not None else glob, glob], dim=1).detach()
-                    if best is None:
-                        best = [loss.detach(), x.detach().clone(), feats.clone()]
-                    else:
-                        better = loss.detach() < best[0]
-                        best = [torch.minimum(best[0], loss.detach()), torch.where(better, x.detach(), best[1]),
-                                torch.where(better, feats, best[2])]
+                best.update(loss, x, torch.cat([local if local is not None else glob, glob], dim=1))
                 opt.zero_grad(set_to_none=True)
                 self.head_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 self.head_optimizer.step()
-            self.pool.add(best[1])
-            self.bank.add(best[2])
-            self.last_images = best[1]
-        out = {"syn_time": timer.elapsed, "syn_loss": best[0].item()}
+            images, feats = best.tensors
+            self.pool.add(images)
+            self.bank.add(feats)
+            self.last_images = images
+        out = {"syn_time": timer.elapsed, "syn_loss": best.loss.item()}
         out.update({f"syn_{k}": v.item() for k, v in losses.items()})
         return out
 

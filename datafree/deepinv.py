@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datafree.base import Synthesizer, SynthesisConfig, sample_targets
+from datafree.base import BestBatch, Synthesizer, SynthesisConfig, sample_targets
 from datafree.losses import BNStatLoss, js_divergence, total_variation
 
 
@@ -61,13 +61,12 @@ class DeepInversionSynthesizer(Synthesizer):
                             requires_grad=True)
             targets = sample_targets(cfg.batch_size, cfg.num_classes, cfg.balanced_targets, self.device).sort()[0]
             opt = torch.optim.Adam([x], lr=cfg.lr_g, betas=(0.5, 0.99))
-            best_x, best_loss, losses = x.detach().clone(), None, {}
+            best, losses = BestBatch(cfg.keep), {}
+            best.update(torch.tensor(float("inf"), device=self.device), x)
             for _ in range(cfg.g_steps):
                 x_aug = jitter_flip(x, flip=cfg.flip)
                 t_out = self.teacher(x_aug)
-                losses = {}
-                if self.bn_loss is not None:
-                    losses["bn"] = cfg.bn * self.bn_loss.value()
+                losses = self.bn_term()
                 if cfg.oh > 0:
                     losses["oh"] = cfg.oh * F.cross_entropy(t_out, targets)
                 if cfg.adv > 0:
@@ -80,13 +79,7 @@ class DeepInversionSynthesizer(Synthesizer):
                 if self.l2 > 0:
                     losses["l2"] = self.l2 * torch.linalg.vector_norm(x)
                 loss = sum(losses.values())
-                with torch.no_grad():
-                    if best_loss is None:
-                        best_x, best_loss = x.detach().clone(), loss.detach()
-                    else:
-                        better = loss.detach() < best_loss
-                        best_x = torch.where(better, x.detach(), best_x)
-                        best_loss = torch.minimum(best_loss, loss.detach())
+                best.update(loss, x)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -94,9 +87,9 @@ class DeepInversionSynthesizer(Synthesizer):
                     x.data = torch.maximum(torch.minimum(x.data, self.hi), self.lo)
             if self.student_bn is not None:
                 self.student_bn.set_enabled(False)
-            images = self.normalize.denormalize(best_x).clamp(0, 1)
+            images = self.normalize.denormalize(best.tensors[0]).clamp(0, 1)
             self.pool.add(images)
             self.last_images = images
-        out = {"syn_time": timer.elapsed, "syn_loss": best_loss.item() if best_loss is not None else 0.0}
+        out = {"syn_time": timer.elapsed, "syn_loss": best.loss.item()}
         out.update({f"syn_{k}": v.item() for k, v in losses.items()})
         return out

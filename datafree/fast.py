@@ -6,8 +6,8 @@ for ``g_steps`` by Adam{G: lr_g, z: lr_z}, betas (0.5, 0.999), re-created every 
 state resets, the weights carry over), on ``bn * L_bn + oh * CE + adv * L_adv``. The
 lowest-loss batch of the round joins the pool; the BN-statistics EMA is updated after it.
 
-Deviation: the lowest-loss batch is kept on the device with ``torch.where`` instead of a
-``loss.item()`` per step (no host sync in the inner loop; same selection).
+Deviation: the lowest-loss batch is kept on the device (:class:`datafree.base.BestBatch`)
+instead of by a ``loss.item()`` per step (no host sync in the inner loop; same selection).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from datafree.base import Synthesizer, SynthesisConfig, build_generator, sample_targets
+from datafree.base import BestBatch, Synthesizer, SynthesisConfig, build_generator, sample_targets
 
 
 class FastSynthesizer(Synthesizer):
@@ -38,24 +38,18 @@ class FastSynthesizer(Synthesizer):
         cfg = self.cfg
         opt = torch.optim.Adam([{"params": generator.parameters()}, {"params": [z], "lr": cfg.lr_z}],
                                lr=cfg.lr_g, betas=(0.5, 0.999))
-        best_x, best_loss, losses = None, None, {}
+        best, losses = BestBatch(cfg.keep), {}
         for k in range(cfg.g_steps):
             x = generator(z)
             losses = self.inversion_losses(self.augment(x), targets, epoch)
             loss = sum(losses.values())
-            with torch.no_grad():
-                if best_x is None or cfg.keep == "last":
-                    best_x, best_loss = x.detach().clone(), loss.detach()
-                else:
-                    better = loss.detach() < best_loss
-                    best_x = torch.where(better, x.detach(), best_x)
-                    best_loss = torch.minimum(best_loss, loss.detach())
+            best.update(loss, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if after_backward is not None:
                 after_backward(k)
             opt.step()
-        return best_x, best_loss, losses
+        return best.tensors[0], best.loss, losses
 
     def maybe_reset(self, epoch: int) -> None:
         if self.reset_due(epoch):

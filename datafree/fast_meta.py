@@ -26,13 +26,13 @@ the latents' FOMAML gradient is their gradient (the reference adds their values,
 from __future__ import annotations
 
 import copy
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from datafree.base import SynthesisConfig, sample_targets
+from datafree.base import BestBatch, SynthesisConfig, sample_targets
 from datafree.fast import FastSynthesizer
 
 REPTILE_SCALE = 67.0  # Fast-Datafree's hard-coded Reptile factor
@@ -117,15 +117,12 @@ class FastMetaSynthesizer(FastSynthesizer):
         params = dict(self.generator.named_parameters())
         buffers = {k: v.clone() for k, v in self.generator.named_buffers()}
         fast = {k: v for k, v in params.items()}
-        best_x, best_loss, losses = None, None, {}
+        best, losses = BestBatch(cfg.keep), {}
         for k in range(cfg.g_steps + 1):
             x = functional_call(self.generator, (fast, buffers), (z,))
             losses = self.inversion_losses(self.augment(x), targets, epoch)
             loss = sum(losses.values())
-            with torch.no_grad():
-                better = best_loss is None or cfg.keep == "last" or loss.detach() < best_loss
-                best_x = x.detach().clone() if best_x is None else torch.where(better, x.detach(), best_x)
-                best_loss = loss.detach() if best_loss is None else torch.minimum(best_loss, loss.detach())
+            best.update(loss, x)
             if k == cfg.g_steps:
                 break
             names = list(fast)
@@ -136,7 +133,7 @@ class FastMetaSynthesizer(FastSynthesizer):
         meta = torch.autograd.grad(loss, leaves, allow_unused=True)
         for p, g in zip(leaves, meta):
             p.grad = None if g is None else g.detach()
-        return best_x, best_loss, losses
+        return best.tensors[0], best.loss, losses
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "meta_optimizer": self.meta_optimizer.state_dict(),

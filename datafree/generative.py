@@ -63,9 +63,7 @@ class GenerativeSynthesizer(Synthesizer):
                 x = self.generator(z)
                 x_n = self.normalize(x)
                 t_out = self.teacher(x_n)
-                losses = {}
-                if self.bn_loss is not None:
-                    losses["bn"] = cfg.bn * self.bn_loss.value()
+                losses = self.bn_term()
                 if cfg.oh > 0:
                     losses["oh"] = cfg.oh * F.cross_entropy(t_out, t_out.argmax(1))
                 if cfg.adv > 0:

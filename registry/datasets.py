@@ -15,7 +15,7 @@ from __future__ import annotations
 import gzip
 import os
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Tuple, Union
 
 import numpy as np
 import torch

@@ -3,7 +3,6 @@ import json
 import os
 
 import pytest
-import torch
 
 import cifar100
 from engine.checkpoint import load_weights
