@@ -10,7 +10,7 @@ from registry.models import get_model
 
 
 def test_lenet5_on_mnist_two_epochs_reaches_98(tmp_path, shared_data):
-    m = cifar100.train(["--model", "lenet5", "--dataset", "mnist", "--epochs", "2", "--lr", "0.05",
+    m = cifar100.train(["--model", "lenet5", "--dataset", "mnist", "--epochs", "2", "--lr", "0.02",
                         "--schedule", "cosine", "--data_root", shared_data, "--no_download",
                         "--save_dir", str(tmp_path), "--no_progress"])
     assert m["last_top1"] >= 98.0, m["last_top1"]
