@@ -45,6 +45,7 @@ class DataFreeSource:
         self.syn_time_total += sums.get("syn_time", 0.0)
         self._stats = {k: (v if k == "syn_time" else v / max(self.rounds, 1)) for k, v in sums.items()}
         self._stats["syn_time_total"] = self.syn_time_total
+        self._stats["source_time"] = sums.get("syn_time", 0.0)
         self._stats["syn_images"] = float(len(self.synth.pool)) if self.synth.uses_pool else 0.0
         self._save_grid()
 

@@ -7,7 +7,8 @@ After every epoch it evaluates the student on the real test set, logs, and write
 (and ``best.pt``) atomically with everything needed to continue exactly.
 
 Optional hooks a batch source may implement: ``set_epoch(epoch)`` (called before each epoch),
-``epoch_stats() -> dict`` (merged into the epoch's log, e.g. synthesis time), and
+``epoch_stats() -> dict`` (merged into the epoch's log, e.g. synthesis time; a ``source_time``
+entry is taken out of the training time when throughput is computed), and
 ``state_dict()`` / ``load_state_dict()`` (saved in checkpoints, e.g. an image pool).
 """
 from __future__ import annotations
@@ -311,6 +312,9 @@ class Trainer:
             stats = self.train_one_epoch(epoch)
             if hasattr(self.source, "epoch_stats"):
                 stats.update(self.source.epoch_stats())
+                if stats.get("source_time"):  # time the source spent making batches (synthesis)
+                    step_time = max(stats["train_time"] - stats["source_time"], 1e-9)
+                    stats["throughput"] = stats["samples"] / step_time if stats["steps"] else 0.0
             if not self._weights_finite():
                 raise self._diverged("weights are no longer finite", epoch, stats["steps"])
             if epoch >= cfg.sched_start_epoch:

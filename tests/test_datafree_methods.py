@@ -245,3 +245,26 @@ def test_resumed_data_free_run_equals_uninterrupted(tmp_path):
     assert torch.equal(sa.pool.images(), sc.pool.images())
     for va, vc in zip(sa.generator.state_dict().values(), sc.generator.state_dict().values()):
         assert torch.equal(va, vc)
+
+
+def test_reset_bn_restores_generator_batchnorm_at_the_reset_epoch():
+    s = make("fast", reset_bn=True, reset_epoch=1)
+    bn = s.generator.conv_blocks[0]
+    s.synthesize(epoch=0)  # trains G in place: BN parameters and running statistics move
+    assert not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+    moved = bn.weight.detach().clone()
+    s.maybe_reset(2)  # not the reset epoch: nothing happens
+    assert torch.equal(bn.weight, moved)
+    s.maybe_reset(1)
+    assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+    assert torch.equal(bn.weight.detach(), torch.ones_like(bn.weight))
+
+
+def test_one_hot_term_is_weighted_cross_entropy_to_the_targets():
+    s = make(bn=0.0, adv=0.0, oh=0.5)
+    x = torch.rand(3, 1, 8, 8)
+    y = torch.tensor([0, 3, 1])
+    losses = s.inversion_losses(x, y, epoch=0)
+    logits = s.teacher(x)
+    by_hand = -(logits.log_softmax(1)[torch.arange(3), y]).mean() * 0.5
+    assert set(losses) == {"oh"} and losses["oh"].item() == pytest.approx(by_hand.item(), rel=1e-6)
