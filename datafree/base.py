@@ -159,6 +159,10 @@ class Synthesizer:
     def sample(self, n: int) -> torch.Tensor:
         return self.augment(self.pool.sample(n))
 
+    def pop_sample_time(self) -> float:
+        """Synthesis work done inside ``sample`` since the last call (generative methods)."""
+        return 0.0
+
     def state_dict(self) -> dict:
         return {"pool": self.pool.state_dict(), "bn": self.bn_loss.state_dict() if self.bn_loss else None}
 

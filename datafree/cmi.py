@@ -84,11 +84,12 @@ class CMISynthesizer(Synthesizer):
             K.RandomHorizontalFlip() if cfg.flip else nn.Identity()).to(self.device)
         self._means = {}
         if cfg.cmi_layers:
-            modules = [(spec, resolve_module(teacher, parse_tap(spec)[0])) for spec in cfg.cmi_layers]
+            taps = [(spec,) + parse_tap(spec) for spec in cfg.cmi_layers]
+            modules = [(spec, resolve_module(teacher, path), side) for spec, path, side in taps]
         else:
-            modules = [(n, m) for n, m in teacher.named_modules() if isinstance(m, nn.BatchNorm2d)]
-        self._handles = [m.register_forward_hook(self._mean_hook(n)) for n, m in modules]
-        self._order = [n for n, _ in modules]
+            modules = [(n, m, "in") for n, m in teacher.named_modules() if isinstance(m, nn.BatchNorm2d)]
+        self._handles = [m.register_forward_hook(self._mean_hook(n, side)) for n, m, side in modules]
+        self._order = [n for n, _, _ in modules]
         with torch.no_grad():
             teacher(torch.zeros(1, cfg.nc, cfg.img_size, cfg.img_size, device=self.device))
         dim = self.features().shape[1]
@@ -96,9 +97,9 @@ class CMISynthesizer(Synthesizer):
         self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=cfg.lr_g)
         self.bank = MemoryBank(cfg.bank_size, 2 * dim, self.device)
 
-    def _mean_hook(self, name: str):
-        def hook(_m, inputs, _out):
-            self._means[name] = inputs[0].float().mean(dim=(2, 3))
+    def _mean_hook(self, name: str, side: str):
+        def hook(_m, inputs, output):
+            self._means[name] = (inputs[0] if side == "in" else output).float().mean(dim=(2, 3))
 
         return hook
 

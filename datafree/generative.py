@@ -27,6 +27,7 @@ from datafree.base import Synthesizer, SynthesisConfig
 from datafree.generator import Generator
 from datafree.losses import activation_loss, balance_loss
 from engine.hooks import FeatureTaps
+from engine.utils import DeviceTimer
 from kd.losses import kd_kl_div
 
 def penultimate_spec(model: nn.Module) -> str:
@@ -50,6 +51,7 @@ class GenerativeSynthesizer(Synthesizer):
         self.generator = Generator(cfg.nz, cfg.ngf, cfg.img_size, cfg.nc).to(self.device)
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
         self.taps = FeatureTaps(teacher, {"pool": penultimate_spec(teacher)}) if cfg.act > 0 else None
+        self.sample_timer = DeviceTimer(self.device)  # fresh batches count as synthesis time
 
     def adversary(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return F.l1_loss(s, t) if self.l1_adversary else kd_kl_div(s, t, T=1.0)
@@ -83,9 +85,16 @@ class GenerativeSynthesizer(Synthesizer):
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        """A fresh batch from G (train mode, as the reference), normalised, no augmentation."""
+        """A fresh batch from G (train mode, as the reference), normalised, no augmentation.
+        Its cost is synthesis time (as the reference counts it), read by :meth:`pop_sample_time`."""
+        t = self.sample_timer.start()
         z = torch.randn(n, self.cfg.nz, device=self.device)
-        return self.normalize(self.generator(z))
+        x = self.normalize(self.generator(z))
+        self.sample_timer.stop(t)
+        return x
+
+    def pop_sample_time(self) -> float:
+        return self.sample_timer.pop()
 
     def state_dict(self) -> dict:
         return {"bn": None, "pool": None, "generator": self.generator.state_dict(),

@@ -4,7 +4,9 @@ Per epoch, ``ep_steps // kd_steps`` rounds; each round runs ``synthesizer.synthe
 and then, from ``warmup`` on, yields ``kd_steps`` unlabelled batches from
 ``synthesizer.sample(batch_size)`` (Fast-Datafree ``datafree_kd.py``; reference-notes §2.1).
 During warm-up the pool grows and nothing is yielded, so the trainer takes no step.
-Synthesis time is measured with device synchronisation and reported per epoch.
+Synthesis time is measured with device synchronisation and reported per epoch; for the
+generative methods it includes drawing the fresh batches that feed the KD steps (as the
+reference counts it).
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ class DataFreeSource:
             if self.epoch >= self.warmup:
                 for _ in range(self.kd_steps):
                     yield self.synth.sample(self.batch_size)
-        self.syn_time_total += sums.get("syn_time", 0.0)
+        sums["syn_time"] = sums.get("syn_time", 0.0) + self.synth.pop_sample_time()
+        self.syn_time_total += sums["syn_time"]
         self._stats = {k: (v if k == "syn_time" else v / max(self.rounds, 1)) for k, v in sums.items()}
         self._stats["syn_time_total"] = self.syn_time_total
         self._stats["source_time"] = sums.get("syn_time", 0.0)

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--balanced_targets", action="store_true", help="equal share of each class per batch")
     g.add_argument("--cr", type=float, default=1.0, help="CMI: weight of the contrastive term")
     g.add_argument("--cr_T", type=float, default=0.5, help="CMI: contrastive temperature")
+    g.add_argument("--cmi_layers", nargs="+", default=None,
+                   help="CMI: feature taps ('module' or 'module:in'); default the inputs of every teacher BN. "
+                        "The reference uses the inputs of layer1..layer4 for ResNet-34: layer1:in layer2:in ...")
     g.add_argument("--cmi_init", default=None, help="folder or .pt of pre-synthesised images to start the pool")
     g.add_argument("--generator", default="auto", choices=["auto", "dcgan", "deep"],
                    help="dcgan (z vector) or deep (spatial z, ImageNet size); auto: deep from 128 px")
@@ -149,6 +152,7 @@ def run(argv: Optional[list] = None) -> dict:
         is_maml=args.is_maml, reset_l0=bool(args.reset_l0), reset_bn=bool(args.reset_bn),
         reset_epoch=args.reset_epoch, warmup=args.warmup, balanced_targets=args.balanced_targets,
         pool_storage=args.pool_storage, pool_capacity=args.pool_capacity, cr=args.cr, cr_T=args.cr_T,
+        cmi_layers=args.cmi_layers,
         pad=spec.pad if spec.train_aug in ("crop", "crop_flip") else 0, flip=spec.train_aug in ("crop_flip", "rrc_flip"),
         augment="rrc_flip" if spec.train_aug == "rrc_flip" else "crop_flip", generator=args.generator,
         keep=args.keep, meta_z=args.meta_z, lr_g_meta=args.lr_g_meta, lr_z_meta=args.lr_z_meta,

@@ -268,3 +268,12 @@ def test_one_hot_term_is_weighted_cross_entropy_to_the_targets():
     logits = s.teacher(x)
     by_hand = -(logits.log_softmax(1)[torch.arange(3), y]).mean() * 0.5
     assert set(losses) == {"oh"} and losses["oh"].item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+def test_cmi_features_from_named_taps():
+    s = make("cmi", **{**METHOD_WEIGHTS["cmi"], "cmi_layers": ["features.3:in", "features.5"]})
+    s.teacher(torch.rand(2, 1, 8, 8))
+    assert s.features().shape == (2, 16)  # two 8-channel taps
+    assert (s._means["features.5"] >= 0).all()  # the output of a ReLU
+    s.synthesize(epoch=0)
+    assert s.bank.count == 6
