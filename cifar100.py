@@ -19,7 +19,7 @@ import sys
 from typing import Optional
 
 from engine.data import build_loader
-from engine.launch import add_common_args, prepare_run, run_main
+from engine.launch import add_common_args, apply_preset, prepare_run, run_main
 from engine.objective import CrossEntropyObjective
 from engine.trainer import TrainConfig, Trainer
 from registry.datasets import dataset_spec
@@ -56,12 +56,7 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
     if args.quick:
-        given = {a.split("=")[0].lstrip("-") for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
-        for k, v in QUICK.items():
-            if k not in given:
-                setattr(args, k, v)
-        if "save_dir" not in given:
-            args.save_dir = QUICK_SAVE_DIR
+        apply_preset(args, {**QUICK, "save_dir": QUICK_SAVE_DIR}, argv)
     if args.lr is None:
         args.lr = 0.01 if canonical_name(args.model) in SMALL_LR_MODELS else 0.05
     if args.save_dir is None:

@@ -33,6 +33,16 @@ def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def apply_preset(args: argparse.Namespace, preset: dict, argv: Optional[list] = None) -> set:
+    """Set each preset value unless that flag was given on the command line (so ``--quick
+    --epochs 3`` keeps 3). Returns the names of the flags that were given."""
+    given = {a.split("=")[0].lstrip("-") for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
+    for k, v in preset.items():
+        if k not in given:
+            setattr(args, k, v)
+    return given
+
+
 def prepare_run(args: argparse.Namespace, name: str):
     """Seed, pick the device, create ``save_dir`` and its logger; find a resume checkpoint."""
     seed_everything(args.seed)
@@ -60,4 +70,4 @@ def run_main(fn, argv: Optional[list] = None) -> int:
         return 2
 
 
-__all__ = ["add_common_args", "prepare_run", "run_main", "library_versions"]
+__all__ = ["add_common_args", "apply_preset", "prepare_run", "run_main", "library_versions"]

@@ -25,7 +25,7 @@ from datafree.api import build_trainer  # noqa: E402
 from datafree.pool import load_image_set  # noqa: E402
 from engine.checkpoint import load_weights  # noqa: E402
 from engine.data import build_loader  # noqa: E402
-from engine.launch import add_common_args, prepare_run, run_main  # noqa: E402
+from engine.launch import add_common_args, apply_preset, prepare_run, run_main  # noqa: E402
 from engine.trainer import TrainConfig, evaluate  # noqa: E402
 from registry.datasets import dataset_spec  # noqa: E402
 from registry.models import get_model  # noqa: E402
@@ -97,10 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.quick:
-        given = {a.split("=")[0].lstrip("-") for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
-        for k, v in QUICK.items():
-            if k not in given:
-                setattr(args, k, v)
+        apply_preset(args, QUICK, argv)
     if args.nz is None and args.method in SYNTHESIZERS:
         args.nz = SYNTHESIZERS[args.method].default_nz
     if args.synthesis_batch_size is None:
@@ -147,13 +144,15 @@ def run(argv: Optional[list] = None) -> dict:
         return out
     syn = SynthesisConfig(
         num_classes=spec.num_classes, img_size=spec.image_size, nc=spec.in_chans, mean=spec.mean, std=spec.std,
-        batch_size=args.synthesis_batch_size, g_steps=args.g_steps, nz=args.nz, ngf=args.ngf, lr_g=args.lr_g, lr_z=args.lr_z,
+        batch_size=args.synthesis_batch_size, g_steps=args.g_steps, nz=args.nz, ngf=args.ngf,
+        lr_g=args.lr_g, lr_z=args.lr_z,
         bn=args.bn, oh=args.oh, adv=args.adv, act=args.act, balance=args.balance, bn_mmt=args.bn_mmt,
         is_maml=args.is_maml, reset_l0=bool(args.reset_l0), reset_bn=bool(args.reset_bn),
         reset_epoch=args.reset_epoch, warmup=args.warmup, balanced_targets=args.balanced_targets,
         pool_storage=args.pool_storage, pool_capacity=args.pool_capacity, cr=args.cr, cr_T=args.cr_T,
         cmi_layers=args.cmi_layers,
-        pad=spec.pad if spec.train_aug in ("crop", "crop_flip") else 0, flip=spec.train_aug in ("crop_flip", "rrc_flip"),
+        pad=spec.pad if spec.train_aug in ("crop", "crop_flip") else 0,
+        flip=spec.train_aug in ("crop_flip", "rrc_flip"),
         augment="rrc_flip" if spec.train_aug == "rrc_flip" else "crop_flip", generator=args.generator,
         keep=args.keep, meta_z=args.meta_z, lr_g_meta=args.lr_g_meta, lr_z_meta=args.lr_z_meta,
         z_reinit=args.z_reinit, reptile_scale=args.reptile_scale)
