@@ -29,6 +29,7 @@ setup(
     entry_points={
         "console_scripts": [
             "dfkd-train-teacher=cifar100:main",
+            "dfkd-datafree=kd.faster_data_free_kd:main",
         ]
     },
 )

@@ -23,39 +23,15 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Iterable, Iterator
 
 import torch
 
-from engine.data import BatchAugment, PILLoader, TensorLoader, _PILView
+from engine.data import BatchAugment, FixedSteps, PILLoader, TensorLoader, _PILView
 from engine.objective import CrossEntropyObjective
 from engine.trainer import TrainConfig, Trainer
 from engine.utils import library_versions, resolve_device, seed_everything, synchronize
 from registry.datasets import TensorSplit, dataset_spec, folder_transform, get_dataset
 from registry.models import get_model
-
-
-class Steps:
-    """Endless batches from ``loader``, cut into windows of ``n`` steps."""
-
-    def __init__(self, loader: Iterable, n: int):
-        self.loader, self.n, self._it = loader, n, None
-
-    def _next(self):
-        while True:
-            if self._it is None:
-                self._it = iter(self.loader)
-            try:
-                return next(self._it)
-            except StopIteration:
-                self._it = None
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator:
-        for _ in range(self.n):
-            yield self._next()
 
 
 def cifar_split(data_root: str) -> tuple[TensorSplit, str]:
@@ -78,7 +54,7 @@ def measure(model_name: str, pipeline: str, data: TensorSplit, args, device) -> 
                            args.workers, pin_memory=device.type == "cuda")
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(epochs=1, lr=0.05, save_dir=tmp, progress=False, log_every=10**9, amp=args.amp)
-        steps = Steps(loader, args.warmup)
+        steps = FixedSteps(loader, args.warmup)
         trainer = Trainer(CrossEntropyObjective(model), steps, None, cfg, device)
         trainer.train_one_epoch(0)  # warm-up (also starts DataLoader workers)
         steps.n = args.steps

@@ -126,6 +126,30 @@ class TensorLoader:
         self.generator.set_state(state["generator"])
 
 
+class FixedSteps:
+    """Exactly ``n`` batches per epoch from ``loader``, continuing across its epochs (the
+    loader is re-iterated when it runs out). Used to give methods the same step budget."""
+
+    def __init__(self, loader, n: int):
+        self.loader, self.n, self._it = loader, n, None
+
+    def _next(self):
+        while True:
+            if self._it is None:
+                self._it = iter(self.loader)
+            try:
+                return next(self._it)
+            except StopIteration:
+                self._it = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for _ in range(self.n):
+            yield self._next()
+
+
 class _PILView(torch.utils.data.Dataset):
     """A TensorSplit seen as PIL images through torchvision transforms (the classic path)."""
 
