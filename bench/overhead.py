@@ -7,7 +7,10 @@ Jobs (batch ``--batch``, CIFAR-shaped uint8 data of random pixels held on the de
   (engine: :class:`engine.trainer.Trainer` with :class:`engine.objective.CrossEntropyObjective`
   fed by :class:`engine.data.TensorLoader`);
 * ``kd step``: the same with a frozen teacher and the KL loss at T = 20 (engine: the
-  :class:`kd.distillers.KD` objective).
+  :class:`kd.distillers.KD` objective);
+* ``fast_meta round``: one synthesis round (clone G, ``--g_steps`` inner Adam steps on the
+  bn + oh + adv loss, FOMAML accumulation, meta step, BN-EMA update, pool) at batch
+  ``--syn_batch`` (engine: :class:`datafree.fast_meta.FastMetaSynthesizer`).
 
 Timings synchronise the device, exclude ``--warmup`` steps and take the median of
 ``--repeats`` windows of ``--steps`` steps, alternating bare and engine windows so drifts in
@@ -101,6 +104,72 @@ def measure_job(name: str, args, device) -> dict:
             "ratio": e / b}
 
 
+def measure_fast_meta_round(args, device) -> dict:
+    import copy
+
+    from datafree import SynthesisConfig
+    from datafree.fast_meta import FastMetaSynthesizer
+    from datafree.losses import BNStatLoss, masked_adversarial_kl
+
+    seed_everything(0)
+    spec = dataset_spec("cifar100")
+    teacher = get_model(args.teacher, num_classes=100).to(device).eval().requires_grad_(False)
+    student = get_model(args.student, num_classes=100).to(device).eval()
+    cfg = SynthesisConfig(num_classes=100, img_size=32, nc=3, mean=spec.mean, std=spec.std, batch_size=args.syn_batch,
+                          g_steps=args.g_steps, lr_g=2e-3, lr_z=0.01, bn=10, oh=0.4, adv=1.1, bn_mmt=0.9, warmup=0)
+    synth = FastMetaSynthesizer(teacher, student, cfg, device)
+
+    # the bare loop: the same tensor work with its own generator, hooks and meta optimiser
+    gen = copy.deepcopy(synth.generator)
+    meta = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g * cfg.g_steps, betas=(0.5, 0.999))
+    bn = BNStatLoss(teacher, cfg.bn_mmt)
+    bn.set_enabled(False)
+    pool = []
+
+    def bare_round():
+        student.requires_grad_(False)
+        bn.set_enabled(True)
+        fast = copy.deepcopy(gen).train()
+        z = torch.randn(cfg.batch_size, cfg.nz, device=device, requires_grad=True)
+        y = torch.randint(cfg.num_classes, (cfg.batch_size,), device=device)
+        opt = torch.optim.Adam([{"params": fast.parameters()}, {"params": [z], "lr": cfg.lr_z}], lr=cfg.lr_g,
+                               betas=(0.5, 0.999))
+        meta.zero_grad(set_to_none=True)
+        for _ in range(cfg.g_steps):
+            x = fast(z)
+            xa = synth.augment(x)
+            t = teacher(xa)
+            loss = (cfg.bn * bn.value() + cfg.oh * F.cross_entropy(t, y)
+                    + cfg.adv * masked_adversarial_kl(student(xa), t))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for p, q in zip(gen.parameters(), fast.parameters()):
+                p.grad = q.grad.clone() if p.grad is None else p.grad.add_(q.grad)
+            opt.step()
+        meta.step()
+        bn.update_momentum()
+        pool.append((x.detach() * 255).to(torch.uint8))
+        bn.set_enabled(False)
+        student.requires_grad_(True)
+
+    def timed(fn):
+        synchronize(device)
+        t = time.perf_counter()
+        fn()
+        synchronize(device)
+        return time.perf_counter() - t
+
+    bare_round()
+    synth.synthesize(0)
+    bare, engine = [], []
+    for _ in range(args.repeats):
+        bare.append(timed(bare_round))
+        engine.append(timed(lambda: synth.synthesize(0)))
+    b, e = statistics.median(bare), statistics.median(engine)
+    return {"job": f"fast_meta round (g_steps {cfg.g_steps}, batch {cfg.batch_size})",
+            "bare_ms_per_step": 1e3 * b / cfg.g_steps, "engine_ms_per_step": 1e3 * e / cfg.g_steps, "ratio": e / b}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default="resnet20")
@@ -110,18 +179,24 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--log_every", type=int, default=50, help="the engine's default host-sync interval")
+    p.add_argument("--syn_batch", type=int, default=64, help="synthesis batch of the fast_meta round")
+    p.add_argument("--g_steps", type=int, default=5)
+    p.add_argument("--no_synthesis", action="store_true", help="skip the fast_meta round")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     rows = [measure_job(j, args, device) for j in ("teacher step", "kd step")]
+    if not args.no_synthesis:
+        rows.append(measure_fast_meta_round(args, device))
     print(f"\nEngine overhead ({device}, batch {args.batch}, teacher {args.teacher}, student {args.student}; "
           f"median of {args.repeats} x {args.steps} steps, {args.warmup} warm-up steps excluded)\n")
     print("| job | bare ms/step | engine ms/step | engine / bare |")
     print("|---|---|---|---|")
     for r in rows:
         print(f"| {r['job']} | {r['bare_ms_per_step']:.1f} | {r['engine_ms_per_step']:.1f} | {r['ratio']:.3f} |")
+    print("\n(for the fast_meta round, ms per inner step = round time / g_steps)")
     versions = library_versions()
     print(f"\n{versions}")
     if args.json:

@@ -57,7 +57,8 @@ def prepare_run(args: argparse.Namespace, name: str):
 
 
 def run_main(fn, argv: Optional[list] = None) -> int:
-    """Turn the engine's expected failures into one clear line and a non-zero exit code."""
+    """Turn the engine's expected failures into one clear line and a non-zero exit code
+    (set ``FASTDFKD_DEBUG=1`` to get the traceback instead)."""
     from engine.checkpoint import CheckpointMismatchError
     from engine.trainer import DivergenceError
 
@@ -65,6 +66,8 @@ def run_main(fn, argv: Optional[list] = None) -> int:
         fn(argv)
         return 0
     except (DivergenceError, CheckpointMismatchError, KeyError, FileNotFoundError, ValueError) as e:
+        if os.environ.get("FASTDFKD_DEBUG"):  # full traceback when debugging
+            raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {msg}", file=sys.stderr)
         return 2
