@@ -151,6 +151,7 @@ class Synthesizer:
             self.bn_loss = BNStatLoss(teacher, cfg.bn_mmt)
             self.bn_loss.set_enabled(False)  # on only while synthesizing, never in KD steps
         self.last_images: Optional[torch.Tensor] = None
+        self._reset_done = False
 
     # -- interface --------------------------------------------------------------------
     def synthesize(self, epoch: int) -> Dict[str, float]:
@@ -188,8 +189,13 @@ class Synthesizer:
         return losses
 
     def reset_due(self, epoch: int) -> bool:
+        """True once, in the first round of the reset epoch (``reset_epoch``; default warmup + 120,
+        the reference's hard-coded choice)."""
         at = self.cfg.reset_epoch if self.cfg.reset_epoch is not None else self.cfg.warmup + 120
-        return epoch == at
+        if epoch != at or self._reset_done:
+            return False
+        self._reset_done = True
+        return True
 
     class _Synthesis:
         """Context: BN hooks on, student in eval mode, timing with device synchronisation."""

@@ -135,6 +135,9 @@ def test_reset_l0_at_the_reset_epoch():
     assert torch.equal(s.generator.l1.weight, w)
     s.synthesize(epoch=3)
     assert not torch.equal(s.generator.l1.weight, w)
+    w3 = s.generator.l1.weight.detach().clone()
+    s.synthesize(epoch=3)  # a second round in the same epoch does not reset again
+    assert torch.equal(s.generator.l1.weight, w3)
 
 
 def test_source_warmup_yields_nothing_then_kd_batches():
