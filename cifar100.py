@@ -34,6 +34,15 @@ QUICK = dict(model="resnet8", dataset="digits", epochs=15, lr=0.05, batch_size=6
 QUICK_SAVE_DIR = os.path.join("run", "teachers", "digits_resnet8")
 
 
+def ensure_quick_teacher(extra_args: Optional[list] = None) -> str:
+    """Path of the ``--quick`` teacher's ``best.pt``, training it first if it is not there."""
+    path = os.path.join(QUICK_SAVE_DIR, "best.pt")
+    if not os.path.exists(path):
+        print(f"no quick teacher at {path}: training it (python cifar100.py --quick)")
+        train(["--quick"] + list(extra_args or []))
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="wrn40_2")

@@ -24,8 +24,6 @@ bound on what the engine adds.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import tempfile
 import time
@@ -33,6 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bench import save_json
 from engine.data import FixedSteps, TensorLoader
 from engine.objective import CrossEntropyObjective
 from engine.trainer import TrainConfig, Trainer
@@ -200,9 +199,7 @@ def main(argv=None):
     versions = library_versions()
     print(f"\n{versions}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "args": vars(args), "versions": versions, "device": str(device)}, f, indent=2)
+        save_json(args.json, {"rows": rows, "args": vars(args), "versions": versions, "device": str(device)})
     return rows
 
 

@@ -17,8 +17,6 @@ device; the first round is a warm-up and excluded; figures are medians over ``--
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import tempfile
 import time
@@ -27,6 +25,7 @@ import time
 import cifar100
 from datafree import SYNTHESIZERS, SynthesisConfig
 from datafree.api import build_trainer
+from bench import save_json
 from engine.checkpoint import load_weights
 from engine.trainer import TrainConfig
 from engine.utils import library_versions, resolve_device, seed_everything, synchronize
@@ -47,9 +46,7 @@ SETTINGS = {
 
 
 def quick_teacher(device):
-    path = os.path.join(cifar100.QUICK_SAVE_DIR, "best.pt")
-    if not os.path.exists(path):
-        cifar100.train(["--quick", "--no_progress"])
+    path = cifar100.ensure_quick_teacher(["--no_progress"])
     spec = dataset_spec("digits")
     teacher = load_weights(get_model(cifar100.QUICK["model"], num_classes=10, in_chans=1), path)
     return teacher.to(device).eval(), spec
@@ -164,10 +161,8 @@ def main(argv=None):
     versions = library_versions()
     print(f"\n{versions}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "fast_meta_epoch": epoch, "args": vars(args), "versions": versions,
-                       "device": str(device)}, f, indent=2)
+        save_json(args.json, {"rows": rows, "fast_meta_epoch": epoch, "args": vars(args), "versions": versions,
+                               "device": str(device)})
     return rows, epoch
 
 

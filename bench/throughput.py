@@ -18,14 +18,13 @@ pipeline cost does not depend on pixel values; the output says which was used).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import tempfile
 import time
 
 import torch
 
+from bench import save_json
 from engine.data import BatchAugment, FixedSteps, PILLoader, TensorLoader, _PILView
 from engine.objective import CrossEntropyObjective
 from engine.trainer import TrainConfig, Trainer
@@ -129,10 +128,8 @@ def main(argv=None):
     versions = library_versions()
     print(f"\n{versions}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "augment": aug, "data": source, "args": vars(args), "versions": versions,
-                       "device": str(device)}, f, indent=2)
+        save_json(args.json, {"rows": rows, "augment": aug, "data": source, "args": vars(args),
+                               "versions": versions, "device": str(device)})
     return rows
 
 

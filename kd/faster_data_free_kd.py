@@ -108,24 +108,16 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     return args
 
 
-def quick_teacher(args) -> str:
-    """The cifar100.py --quick teacher, trained now if it is not there yet."""
-    import cifar100
-
-    path = os.path.join(cifar100.QUICK_SAVE_DIR, "best.pt")
-    if not os.path.exists(path):
-        print(f"no quick teacher at {path}: training it (python cifar100.py --quick)")
-        cifar100.train(["--quick", "--device", args.device] + (["--no_progress"] if args.no_progress else []))
-    return path
-
-
 def run(argv: Optional[list] = None) -> dict:
     args = parse_args(argv)
     spec = dataset_spec(args.dataset)
     if args.method not in SYNTHESIZERS:
         raise KeyError(f"unknown data-free method {args.method!r}. Valid methods: {', '.join(sorted(SYNTHESIZERS))}")
     if args.quick and args.teacher_ckpt is None:
-        args.teacher_ckpt = quick_teacher(args)
+        import cifar100
+
+        args.teacher_ckpt = cifar100.ensure_quick_teacher(["--device", args.device]
+                                                          + (["--no_progress"] if args.no_progress else []))
     ckpt = args.teacher_ckpt or os.path.join("run", "teachers", f"{args.dataset}_{args.teacher}", "best.pt")
     device, logger, resume = prepare_run(args, "datafree")
     teacher = get_model(args.teacher, num_classes=spec.num_classes, in_chans=spec.in_chans)
