@@ -84,6 +84,7 @@ def train(argv: Optional[list] = None) -> dict:
     test_loader = build_loader(args.dataset, "test", 256, **load)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                       schedule=args.schedule, milestones=args.milestones, gamma=args.gamma, amp=args.amp,
+                      opt_impl=args.opt_impl, compile=args.compile,
                       log_every=args.log_every, save_dir=args.save_dir, progress=not args.no_progress)
     if args.evaluate_only:
         from engine.checkpoint import load_weights

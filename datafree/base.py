@@ -16,6 +16,7 @@ with t / s the teacher / student logits on the augmented images and y sampled ta
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -25,8 +26,8 @@ import torch.nn.functional as F
 
 from datafree.losses import BNStatLoss, masked_adversarial_kl
 from datafree.pool import ImagePool
-from engine.data import BatchAugment, Normalize
-from engine.utils import synchronize
+from engine.data import BatchAugment, Normalize, RandomResizedCrop
+from engine.utils import optimizer_impl, synchronize
 
 
 @dataclass
@@ -80,6 +81,13 @@ class SynthesisConfig:
     n_neg: int = 4096
     head_dim: int = 256
     cmi_layers: Optional[Sequence[str]] = None  # tap specs; None: the inputs of every teacher BN
+    # speed (bench/optimizations.py measures each): optimiser kernel, mixed precision of the
+    # synthesis forwards (off | bf16; the reference runs fp32), torch.compile of the generator,
+    # channels_last generator output (None: on for CUDA)
+    opt_impl: str = "auto"
+    amp: str = "off"
+    compile: bool = False
+    channels_last: Optional[bool] = None
 
 
 class BestBatch:
@@ -117,10 +125,8 @@ def build_augment(cfg: SynthesisConfig) -> nn.Module:
     if cfg.augment == "crop_flip":
         return BatchAugment(cfg.mean, cfg.std, pad=cfg.pad, flip=cfg.flip)
     if cfg.augment == "rrc_flip":
-        import kornia.augmentation as K
-
-        return nn.Sequential(K.RandomResizedCrop((cfg.img_size, cfg.img_size), scale=tuple(cfg.rrc_scale)),
-                             K.RandomHorizontalFlip() if cfg.flip else nn.Identity(), Normalize(cfg.mean, cfg.std))
+        return nn.Sequential(RandomResizedCrop((cfg.img_size, cfg.img_size), tuple(cfg.rrc_scale), cfg.flip),
+                             Normalize(cfg.mean, cfg.std))
     raise ValueError(f"augment must be crop_flip or rrc_flip, got {cfg.augment!r}")
 
 
@@ -152,6 +158,10 @@ class Synthesizer:
             self.bn_loss.set_enabled(False)  # on only while synthesizing, never in KD steps
         self.last_images: Optional[torch.Tensor] = None
         self._reset_done = False
+        self.opt_kwargs = optimizer_impl(cfg.opt_impl, self.device)
+        if cfg.amp not in ("off", "bf16"):
+            raise ValueError(f"synthesis amp must be off or bf16 (fp16 would need loss scaling); got {cfg.amp!r}")
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
 
     # -- interface --------------------------------------------------------------------
     def synthesize(self, epoch: int) -> Dict[str, float]:
@@ -173,6 +183,30 @@ class Synthesizer:
             self.bn_loss.load_state_dict(state["bn"])
 
     # -- shared pieces ------------------------------------------------------------------
+    def adam(self, params, lr: float, betas: Tuple[float, float]) -> torch.optim.Adam:
+        """Adam with the configured kernel (fused by default on CPU and CUDA)."""
+        return torch.optim.Adam(params, lr=lr, betas=betas, **self.opt_kwargs)
+
+    def autocast(self):
+        """Mixed precision for the synthesis forwards (``amp='bf16'``); losses stay fp32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.amp == "bf16" else nullcontext()
+
+    def prepare_generator(self, generator: nn.Module, compile: bool = True) -> nn.Module:
+        """Move a generator to the device in the configured memory format; compile it when
+        ``cfg.compile`` (and ``compile``: a module that is deep-copied must stay uncompiled)."""
+        generator = generator.to(self.device)
+        if self.channels_last:
+            generator = generator.to(memory_format=torch.channels_last)
+        if self.cfg.compile and compile:
+            generator.compile()
+        return generator
+
+    def set_hooks(self, enabled: bool) -> None:
+        """Turn the synthesis-only forward hooks on or off (off in KD steps, which then pay
+        nothing for them; the reference leaves them on, notes §6 item 13)."""
+        if self.bn_loss is not None:
+            self.bn_loss.set_enabled(enabled)
+
     def bn_term(self) -> Dict[str, torch.Tensor]:
         """``{"bn": bn * sum_l r_l}`` from the teacher's last forward, or nothing if bn = 0."""
         return {"bn": self.cfg.bn * self.bn_loss.value()} if self.bn_loss is not None else {}
@@ -209,8 +243,7 @@ class Synthesizer:
             # the adversarial term needs gradients w.r.t. the images only, not the student's weights
             self.grad_flags = [p.requires_grad for p in self.s.student.parameters()]
             self.s.student.requires_grad_(False)
-            if self.s.bn_loss is not None:
-                self.s.bn_loss.set_enabled(True)
+            self.s.set_hooks(True)
             synchronize(self.s.device)
             self.t0 = time.perf_counter()
             return self
@@ -218,8 +251,7 @@ class Synthesizer:
         def __exit__(self, *exc):
             synchronize(self.s.device)
             self.elapsed = time.perf_counter() - self.t0
-            if self.s.bn_loss is not None:
-                self.s.bn_loss.set_enabled(False)
+            self.s.set_hooks(False)
             for p, flag in zip(self.s.student.parameters(), self.grad_flags):
                 p.requires_grad_(flag)
             self.s.student.train(self.was_training)

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 from typing import Dict
 
-import kornia.augmentation as K
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from datafree.base import BestBatch, Synthesizer, SynthesisConfig, sample_targets
 from datafree.generator import Generator
+from engine.data import RandomResizedCrop
 from engine.hooks import parse_tap, resolve_module
 
 
@@ -77,12 +77,11 @@ class CMISynthesizer(Synthesizer):
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         super().__init__(teacher, student, cfg, device)
         self.cr, self.cr_T, self.n_neg = cfg.cr, cfg.cr_T, cfg.n_neg
-        self.generator = Generator(cfg.nz, cfg.ngf, cfg.img_size, cfg.nc).to(self.device)
+        self.generator = self.prepare_generator(Generator(cfg.nz, cfg.ngf, cfg.img_size, cfg.nc))
         self.global_view = self.augment
-        self.local_view = nn.Sequential(
-            K.RandomResizedCrop((cfg.img_size, cfg.img_size), scale=(0.25, 1.0)),
-            K.RandomHorizontalFlip() if cfg.flip else nn.Identity()).to(self.device)
+        self.local_view = RandomResizedCrop((cfg.img_size, cfg.img_size), (0.25, 1.0), cfg.flip)
         self._means = {}
+        self._hooks_on = True  # off in KD steps (set_hooks), on for the probe forward below
         if cfg.cmi_layers:
             taps = [(spec,) + parse_tap(spec) for spec in cfg.cmi_layers]
             modules = [(spec, resolve_module(teacher, path), side) for spec, path, side in taps]
@@ -94,14 +93,21 @@ class CMISynthesizer(Synthesizer):
             teacher(torch.zeros(1, cfg.nc, cfg.img_size, cfg.img_size, device=self.device))
         dim = self.features().shape[1]
         self.head = ProjectionHead(dim, cfg.head_dim).to(self.device)
-        self.head_optimizer = torch.optim.Adam(self.head.parameters(), lr=cfg.lr_g)
+        self.head_optimizer = self.adam(self.head.parameters(), cfg.lr_g, (0.9, 0.999))
         self.bank = MemoryBank(cfg.bank_size, 2 * dim, self.device)
+        self._hooks_on = False
 
     def _mean_hook(self, name: str, side: str):
         def hook(_m, inputs, output):
+            if not self._hooks_on:
+                return
             self._means[name] = (inputs[0] if side == "in" else output).float().mean(dim=(2, 3))
 
         return hook
+
+    def set_hooks(self, enabled: bool) -> None:
+        super().set_hooks(enabled)
+        self._hooks_on = enabled
 
     def features(self) -> torch.Tensor:
         return torch.cat([self._means[n] for n in self._order], dim=1)
@@ -123,16 +129,17 @@ class CMISynthesizer(Synthesizer):
             self.generator.train()
             z = torch.randn(cfg.batch_size, cfg.nz, device=self.device, requires_grad=True)
             targets = sample_targets(cfg.batch_size, cfg.num_classes, cfg.balanced_targets, self.device).sort()[0]
-            opt = torch.optim.Adam([{"params": self.generator.parameters()}, {"params": [z]}], lr=cfg.lr_g,
-                                   betas=(0.5, 0.999))
+            opt = self.adam([{"params": self.generator.parameters()}, {"params": [z]}], cfg.lr_g, (0.5, 0.999))
             best, losses = BestBatch(cfg.keep), {}
             for _ in range(cfg.g_steps):
-                x = self.generator(z)
-                losses = self.inversion_losses(self.global_view(x), targets, epoch)
+                with self.autocast():
+                    x = self.generator(z)
+                    losses = self.inversion_losses(self.global_view(x), targets, epoch)
                 glob = self.features()
                 local = None
                 if self.cr > 0:
-                    self.teacher(self.normalize(self.local_view(x)))
+                    with self.autocast():
+                        self.teacher(self.normalize(self.local_view(x)))
                     local = self.features()
                     losses["cr"] = self.cr * self.contrastive_loss(local, glob)
                 loss = sum(losses.values())

@@ -18,7 +18,7 @@ batch is copied, not aliased to the tensor the optimiser keeps changing.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -28,16 +28,21 @@ from datafree.base import BestBatch, Synthesizer, SynthesisConfig, sample_target
 from datafree.losses import BNStatLoss, js_divergence, total_variation
 
 
-def jitter_flip(x: torch.Tensor, limit: float = 1 / 8, flip: bool = True) -> torch.Tensor:
-    """Roll the whole batch by one random offset (up to ``limit`` of each side) and flip it
-    with probability 1/2 (DeepInversion's ``jitter_and_flip``)."""
-    ly, lx = int(x.shape[-2] * limit), int(x.shape[-1] * limit)
-    dy = int(torch.randint(-ly, ly + 1, ()).item())
-    dx = int(torch.randint(-lx, lx + 1, ()).item())
+def jitter_offsets(steps: int, size: Tuple[int, int], limit: float = 1 / 8, flip: bool = True) -> List[tuple]:
+    """One (dy, dx, flip) per inner step, drawn for the whole round at once, so the inner loop
+    never reads a random number back from a tensor (DeepInversion's ``jitter_and_flip``:
+    a roll of up to ``limit`` of each side and a flip with probability 1/2)."""
+    ly, lx = int(size[0] * limit), int(size[1] * limit)
+    dy = torch.randint(-ly, ly + 1, (steps,))
+    dx = torch.randint(-lx, lx + 1, (steps,))
+    flips = (torch.rand(steps) < 0.5) & flip
+    return list(zip(dy.tolist(), dx.tolist(), flips.tolist()))
+
+
+def jitter_flip(x: torch.Tensor, dy: int, dx: int, flip: bool) -> torch.Tensor:
+    """Roll the whole batch by (dy, dx) and flip it horizontally if ``flip``."""
     x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-    if flip and torch.rand(()).item() < 0.5:
-        x = x.flip(3)
-    return x
+    return x.flip(3) if flip else x
 
 
 class DeepInversionSynthesizer(Synthesizer):
@@ -52,25 +57,29 @@ class DeepInversionSynthesizer(Synthesizer):
         std = torch.tensor(cfg.std, device=self.device).view(1, -1, 1, 1)
         self.lo, self.hi = (0 - mean) / std, (1 - mean) / std
 
+    def set_hooks(self, enabled: bool) -> None:
+        super().set_hooks(enabled)
+        if self.student_bn is not None:
+            self.student_bn.set_enabled(enabled)
+
     def synthesize(self, epoch: int) -> Dict[str, float]:
         cfg = self.cfg
         with self.synthesis() as timer:
-            if self.student_bn is not None:
-                self.student_bn.set_enabled(True)
             x = torch.randn(cfg.batch_size, cfg.nc, cfg.img_size, cfg.img_size, device=self.device,
                             requires_grad=True)
             targets = sample_targets(cfg.batch_size, cfg.num_classes, cfg.balanced_targets, self.device).sort()[0]
-            opt = torch.optim.Adam([x], lr=cfg.lr_g, betas=(0.5, 0.99))
+            opt = self.adam([x], cfg.lr_g, (0.5, 0.99))
             best, losses = BestBatch(cfg.keep), {}
             best.update(torch.tensor(float("inf"), device=self.device), x)
-            for _ in range(cfg.g_steps):
-                x_aug = jitter_flip(x, flip=cfg.flip)
-                t_out = self.teacher(x_aug)
+            for dy, dx, flip in jitter_offsets(cfg.g_steps, x.shape[-2:], flip=cfg.flip):
+                x_aug = jitter_flip(x, dy, dx, flip)
+                with self.autocast():
+                    t_out = self.teacher(x_aug)
+                    s_out = self.student(x_aug) if cfg.adv > 0 else None
                 losses = self.bn_term()
                 if cfg.oh > 0:
                     losses["oh"] = cfg.oh * F.cross_entropy(t_out, targets)
                 if cfg.adv > 0:
-                    s_out = self.student(x_aug)
                     losses["adv"] = -cfg.adv * js_divergence(s_out, t_out, T=3.0)
                     if self.student_bn is not None:
                         losses["bn_student"] = -0.001 * cfg.bn * self.student_bn.value()
@@ -85,8 +94,6 @@ class DeepInversionSynthesizer(Synthesizer):
                 opt.step()
                 with torch.no_grad():
                     x.data = torch.maximum(torch.minimum(x.data, self.hi), self.lo)
-            if self.student_bn is not None:
-                self.student_bn.set_enabled(False)
             images = self.normalize.denormalize(best.tensors[0]).clamp(0, 1)
             self.pool.add(images)
             self.last_images = images

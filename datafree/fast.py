@@ -20,9 +20,11 @@ from datafree.base import BestBatch, Synthesizer, SynthesisConfig, build_generat
 
 
 class FastSynthesizer(Synthesizer):
+    generator_runs_inner_loop = True  # fast_meta runs its inner loop on a copy instead
+
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         super().__init__(teacher, student, cfg, device)
-        self.generator = build_generator(cfg).to(self.device)
+        self.generator = self.prepare_generator(build_generator(cfg), compile=self.generator_runs_inner_loop)
 
     def new_latent(self) -> torch.Tensor:
         shape = self.generator.latent_shape(self.cfg.batch_size)
@@ -36,12 +38,12 @@ class FastSynthesizer(Synthesizer):
         ``after_backward(k)`` runs after the k-th backward pass, before the optimiser step
         (where the meta-gradient is read)."""
         cfg = self.cfg
-        opt = torch.optim.Adam([{"params": generator.parameters()}, {"params": [z], "lr": cfg.lr_z}],
-                               lr=cfg.lr_g, betas=(0.5, 0.999))
+        opt = self.adam([{"params": generator.parameters()}, {"params": [z], "lr": cfg.lr_z}], cfg.lr_g, (0.5, 0.999))
         best, losses = BestBatch(cfg.keep), {}
         for k in range(cfg.g_steps):
-            x = generator(z)
-            losses = self.inversion_losses(self.augment(x), targets, epoch)
+            with self.autocast():
+                x = generator(z)
+                losses = self.inversion_losses(self.augment(x), targets, epoch)
             loss = sum(losses.values())
             best.update(loss, x)
             opt.zero_grad(set_to_none=True)

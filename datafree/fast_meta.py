@@ -58,12 +58,22 @@ def set_reptile_grads(target: nn.Module, adapted: nn.Module, scale: float = REPT
         p.grad = scale * (p.detach() - q.detach())
 
 
+@torch.no_grad()
+def copy_weights(target: nn.Module, source: nn.Module) -> None:
+    """target <- source, parameters and buffers, in place (no new module per round)."""
+    dst = [t for t in target.parameters()] + [b for b in target.buffers()]
+    src = [t for t in source.parameters()] + [b for b in source.buffers()]
+    torch._foreach_copy_(dst, src)
+
+
 def _accumulate(p: torch.Tensor, g: Optional[torch.Tensor]) -> None:
     if g is not None:
         p.grad = g.detach().clone() if p.grad is None else p.grad.add_(g)
 
 
 class FastMetaSynthesizer(FastSynthesizer):
+    generator_runs_inner_loop = False
+
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         super().__init__(teacher, student, cfg, device)
         if cfg.is_maml not in (0, 1, 2):
@@ -77,7 +87,10 @@ class FastMetaSynthesizer(FastSynthesizer):
             self.z = torch.randn(self.generator.latent_shape(cfg.batch_size), device=self.device, requires_grad=True)
             self.z_targets = sample_targets(cfg.batch_size, cfg.num_classes, cfg.balanced_targets, self.device)
             groups.append({"params": [self.z], "lr": cfg.lr_z_meta})
-        self.meta_optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999))
+        self.meta_optimizer = self.adam(groups, cfg.lr_g, (0.5, 0.999))
+        # the inner loop's G': one persistent module that takes G's weights at every round start
+        # (the reference deep-copies G each round; same values, no allocation, compiled once)
+        self.fast_generator = self.prepare_generator(copy.deepcopy(self.generator))
 
     def latents(self, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
         if not self.cfg.meta_z:
@@ -96,7 +109,9 @@ class FastMetaSynthesizer(FastSynthesizer):
         if self.cfg.is_maml == 2:
             out = self._second_order_round(z, targets, epoch)
         else:
-            fast = copy.deepcopy(self.generator).train()
+            fast = self.fast_generator
+            copy_weights(fast, self.generator)
+            fast.train()
 
             def fomaml(_k: int) -> None:
                 add_grads(self.generator, fast)
@@ -122,8 +137,9 @@ class FastMetaSynthesizer(FastSynthesizer):
         fast = {k: v for k, v in params.items()}
         best, losses = BestBatch(cfg.keep), {}
         for k in range(cfg.g_steps + 1):
-            x = functional_call(self.generator, (fast, buffers), (z,))
-            losses = self.inversion_losses(self.augment(x), targets, epoch)
+            with self.autocast():
+                x = functional_call(self.generator, (fast, buffers), (z,))
+                losses = self.inversion_losses(self.augment(x), targets, epoch)
             loss = sum(losses.values())
             best.update(loss, x)
             if k == cfg.g_steps:

@@ -48,8 +48,8 @@ class GenerativeSynthesizer(Synthesizer):
 
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         super().__init__(teacher, student, cfg, device)
-        self.generator = Generator(cfg.nz, cfg.ngf, cfg.img_size, cfg.nc).to(self.device)
-        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr_g, betas=(0.5, 0.999))
+        self.generator = self.prepare_generator(Generator(cfg.nz, cfg.ngf, cfg.img_size, cfg.nc))
+        self.optimizer = self.adam(self.generator.parameters(), cfg.lr_g, (0.5, 0.999))
         self.taps = FeatureTaps(teacher, {"pool": penultimate_spec(teacher)}) if cfg.act > 0 else None
         self.sample_timer = DeviceTimer(self.device)  # fresh batches count as synthesis time
 
@@ -62,14 +62,16 @@ class GenerativeSynthesizer(Synthesizer):
             self.generator.train()
             for _ in range(max(cfg.g_steps, 1)):
                 z = torch.randn(cfg.batch_size, cfg.nz, device=self.device)
-                x = self.generator(z)
-                x_n = self.normalize(x)
-                t_out = self.teacher(x_n)
+                with self.autocast():
+                    x = self.generator(z)
+                    x_n = self.normalize(x)
+                    t_out = self.teacher(x_n)
+                    s_out = self.student(x_n) if cfg.adv > 0 else None
                 losses = self.bn_term()
                 if cfg.oh > 0:
                     losses["oh"] = cfg.oh * F.cross_entropy(t_out, t_out.argmax(1))
                 if cfg.adv > 0:
-                    losses["adv"] = -cfg.adv * self.adversary(self.student(x_n), t_out)
+                    losses["adv"] = -cfg.adv * self.adversary(s_out, t_out)
                 if cfg.balance > 0:
                     losses["balance"] = cfg.balance * balance_loss(t_out)
                 if self.taps is not None:
@@ -89,7 +91,8 @@ class GenerativeSynthesizer(Synthesizer):
         Its cost is synthesis time (as the reference counts it), read by :meth:`pop_sample_time`."""
         t = self.sample_timer.start()
         z = torch.randn(n, self.cfg.nz, device=self.device)
-        x = self.normalize(self.generator(z))
+        with self.autocast():
+            x = self.normalize(self.generator(z)).float()
         self.sample_timer.stop(t)
         return x
 

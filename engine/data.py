@@ -8,17 +8,60 @@ folders (or when ``pipeline='pil'`` is asked for, e.g. by the throughput benchma
 The crop/flip here is the same transform as torchvision's ``RandomCrop(size, padding=pad)``
 (zero padding in [0, 1] pixel space) followed by ``RandomHorizontalFlip``; it is written with
 integer gathers instead of kornia's affine warp because that is exact (no interpolation) and
-about twice as fast on CPU (``python -m bench.throughput`` prints both). kornia is used where a
-warp is really needed (RandomResizedCrop for ImageNet-size synthesis and CMI's local view).
+about twice as fast on CPU (``python -m bench.throughput`` prints both). RandomResizedCrop (for
+ImageNet-size synthesis and CMI's local view) is one batched ``grid_sample``
+(:func:`random_resized_crop`): unlike kornia's, it never reads crop boxes back to the host, so
+a synthesis inner loop on a GPU does not stall on it.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from registry.datasets import DatasetSpec, TensorSplit, folder_transform, get_dataset
+
+
+def random_resized_crop(x: torch.Tensor, size: Tuple[int, int], scale: Tuple[float, float] = (0.08, 1.0),
+                        ratio: Tuple[float, float] = (3 / 4, 4 / 3),
+                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """torchvision's ``RandomResizedCrop`` for a batch, one box per sample, bilinear, on the
+    device and differentiable w.r.t. ``x``. The box covers ``scale`` of the area with aspect
+    ``ratio`` (log-uniform) at a uniform position; where a box would not fit, its sides are
+    clamped to the image (torchvision re-draws up to 10 times, then centre-crops; same
+    distribution whenever the box fits, which is always the case for ``ratio`` (3/4, 4/3) and
+    ``scale`` up to 0.75)."""
+    b, _, h, w = x.shape
+    dev = x.device
+
+    def uniform(lo, hi):
+        return lo + (hi - lo) * torch.rand(b, device=dev, generator=generator)
+
+    area = uniform(*scale)
+    r = uniform(math.log(ratio[0]), math.log(ratio[1])).exp()
+    bw = (area * r).sqrt().clamp(max=1.0)  # box width / image width
+    bh = (area / r).sqrt().clamp(max=1.0)
+    x0 = uniform(0.0, 1.0) * (1 - bw)  # left edge, as a fraction of the width
+    y0 = uniform(0.0, 1.0) * (1 - bh)
+    theta = torch.zeros(b, 2, 3, device=dev, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = bw, 2 * x0 + bw - 1
+    theta[:, 1, 1], theta[:, 1, 2] = bh, 2 * y0 + bh - 1
+    grid = nn.functional.affine_grid(theta, [b, x.shape[1], size[0], size[1]], align_corners=False)
+    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class RandomResizedCrop(nn.Module):
+    """:func:`random_resized_crop` (+ horizontal flip with probability 1/2 if ``flip``) as a module."""
+
+    def __init__(self, size: Tuple[int, int], scale: Tuple[float, float] = (0.08, 1.0), flip: bool = False):
+        super().__init__()
+        self.size, self.scale, self.flip = tuple(size), tuple(scale), flip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = random_resized_crop(x, self.size, self.scale)
+        return random_hflip(x) if self.flip else x
 
 
 class Normalize(nn.Module):

@@ -22,6 +22,11 @@ def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                    help="mixed precision on CUDA (auto = bf16); always off on CPU")
+    g.add_argument("--opt_impl", default="auto", choices=["auto", "fused", "foreach", "loop"],
+                   help="optimiser kernels (auto = fused on CPU and CUDA); results differ only by rounding")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step's forward (and the data-free generator); "
+                        "pays a compile time up front, worth it for long CUDA runs")
     g.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from <save_dir>/last.pt, or from the given checkpoint")
     g.add_argument("--workers", type=int, default=4, help="DataLoader workers for image-folder datasets")

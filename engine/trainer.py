@@ -28,7 +28,7 @@ from tqdm import tqdm
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.logger import RunLogger
 from engine.objective import Objective
-from engine.utils import get_rng_state, library_versions, set_rng_state, synchronize
+from engine.utils import get_rng_state, library_versions, optimizer_impl, set_rng_state, synchronize
 
 
 class DivergenceError(RuntimeError):
@@ -52,6 +52,8 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere) | bf16 | fp16 | off
     channels_last: Optional[bool] = None  # None: on for CUDA
     grad_clip: Optional[float] = None
+    opt_impl: str = "auto"  # SGD kernel: auto (fused on CPU/CUDA) | fused | foreach | loop
+    compile: bool = False  # torch.compile the objective's forward (teacher + student) for the steps
     log_every: int = 50  # steps between host syncs (loss check, progress bar, per-step scalars)
     save_dir: str = "run/default"
     save_best: bool = True
@@ -134,7 +136,10 @@ class Trainer:
         self.amp_dtype = self._amp_dtype(config.amp, device)
         self.params: List[nn.Parameter] = list(self.objective.trainable_parameters())
         self.optimizer = torch.optim.SGD(self.params, lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay, nesterov=config.nesterov)
+                                         weight_decay=config.weight_decay, nesterov=config.nesterov,
+                                         **optimizer_impl(config.opt_impl, device))
+        # the training step's forward; compiled on request (checkpoints still hold the plain modules)
+        self.step_forward = torch.compile(self.objective) if config.compile else self.objective
         self.scheduler = self._build_scheduler()
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.start_epoch = 0
@@ -243,7 +248,7 @@ class Trainer:
         for batch in self.source:
             batch = _to_device(batch, self.device, self.channels_last)
             with amp_ctx:
-                losses = obj(batch)
+                losses = self.step_forward(batch)
             loss = sum(losses.values())
             opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()

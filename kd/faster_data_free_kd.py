@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr_z_meta", type=float, default=5e-3, help="fast_meta meta lr of the latents (--meta_z)")
     g.add_argument("--z_reinit", type=int, default=50, help="with --meta_z: re-sample latents every N epochs")
     g.add_argument("--reptile_scale", type=float, default=67.0, help="Reptile gradient factor (--is_maml 0)")
+    g.add_argument("--syn_amp", default="off", choices=["off", "bf16"],
+                   help="bf16 autocast of the synthesis forwards (the reference runs them in fp32)")
     g.add_argument("--pool_storage", default="uint8", choices=["uint8", "fp16"])
     g.add_argument("--pool_capacity", type=int, default=None, help="cap on pooled images (oldest dropped)")
     p.add_argument("--log_tag", default="", help="suffix of the default --save_dir")
@@ -147,9 +149,11 @@ def run(argv: Optional[list] = None) -> dict:
         flip=spec.train_aug in ("crop_flip", "rrc_flip"),
         augment="rrc_flip" if spec.train_aug == "rrc_flip" else "crop_flip", generator=args.generator,
         keep=args.keep, meta_z=args.meta_z, lr_g_meta=args.lr_g_meta, lr_z_meta=args.lr_z_meta,
-        z_reinit=args.z_reinit, reptile_scale=args.reptile_scale)
+        z_reinit=args.z_reinit, reptile_scale=args.reptile_scale,
+        opt_impl=args.opt_impl, amp=args.syn_amp, compile=args.compile)
     train = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                         schedule="cosine", eta_min=2e-4, amp=args.amp, log_every=args.log_every,
+                        opt_impl=args.opt_impl, compile=args.compile,
                         save_dir=args.save_dir, progress=not args.no_progress)
     init = load_image_set(args.cmi_init, spec.image_size, spec.in_chans) if args.cmi_init else None
     trainer = build_trainer(teacher, student, args.method, syn, train, test_loader, T=args.T,

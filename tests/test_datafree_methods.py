@@ -276,6 +276,9 @@ def test_one_hot_term_is_weighted_cross_entropy_to_the_targets():
 def test_cmi_features_from_named_taps():
     s = make("cmi", **{**METHOD_WEIGHTS["cmi"], "cmi_layers": ["features.3:in", "features.5"]})
     s.teacher(torch.rand(2, 1, 8, 8))
+    assert s.features().shape == (1, 16)  # hooks off outside synthesis: still the probe batch
+    s.set_hooks(True)
+    s.teacher(torch.rand(2, 1, 8, 8))
     assert s.features().shape == (2, 16)  # two 8-channel taps
     assert (s._means["features.5"] >= 0).all()  # the output of a ReLU
     s.synthesize(epoch=0)

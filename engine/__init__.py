@@ -1,0 +1,1 @@
+"""The shared engine: trainer, objectives, data pipeline, checkpoints, logging, launch helpers."""
