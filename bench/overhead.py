@@ -8,18 +8,23 @@ Jobs (batch ``--batch``, CIFAR-shaped uint8 data of random pixels held on the de
   fed by :class:`engine.data.TensorLoader`);
 * ``kd step``: the same with a frozen teacher and the KL loss at T = 20 (engine: the
   :class:`kd.distillers.KD` objective);
-* ``fast_meta round``: one synthesis round (clone G, ``--g_steps`` inner Adam steps on the
-  bn + oh + adv loss, FOMAML accumulation, meta step, BN-EMA update, pool) at batch
-  ``--syn_batch`` (engine: :class:`datafree.fast_meta.FastMetaSynthesizer`).
+* ``<method> round`` for every data-free method: one synthesis round at batch ``--syn_batch``
+  with the method's reference loss weights (:data:`ROUND_SETTINGS`), engine
+  (``synthesizer.synthesize``) against the tight loops of :mod:`bench.bare`; reported per inner
+  step (round time / g_steps);
+* ``fast_meta epoch``: one round plus ``--kd_steps`` KD steps on pool batches (engine: the
+  trainer over :class:`datafree.source.DataFreeSource`; evaluation and checkpoint writes excluded).
 
-Timings synchronise the device, exclude ``--warmup`` steps and take the median of
-``--repeats`` windows of ``--steps`` steps, alternating bare and engine windows so drifts in
-machine load hit both alike. The bare loop gets its batches made before the clock starts, while
-the engine's time includes making them (indexing + augmentation), so the ratio is an upper
-bound on what the engine adds.
+Both sides use the same optimiser kernels (``optimizer_impl('auto')``), so the ratio is the
+engine's overhead alone; ``python -m bench.optimizations`` measures the kernels themselves.
+Timings synchronise the device, exclude warm-up (``--warmup`` steps, or one call per round /
+epoch job) and take the median of ``--repeats`` windows, alternating bare and engine windows so
+drifts in machine load hit both alike. The bare step loop gets its batches made before the clock
+starts, while the engine's time includes making them (indexing + augmentation), so the step
+ratios are upper bounds on what the engine adds.
 
-    python -m bench.overhead
-    python -m bench.overhead --teacher resnet20 --student resnet8 --json run/bench/overhead.json
+    python -m bench.overhead                                  # every job, about 10 minutes on 2 CPU cores
+    python -m bench.overhead --jobs kd fast_meta epoch --json run/bench/overhead.json
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ from bench import save_json
 from engine.data import FixedSteps, TensorLoader
 from engine.objective import CrossEntropyObjective
 from engine.trainer import TrainConfig, Trainer
-from engine.utils import library_versions, resolve_device, seed_everything, synchronize
+from engine.utils import library_versions, optimizer_impl, resolve_device, seed_everything, synchronize
 from kd.distillers import KD
 from kd.losses import kd_kl_div
 from registry.datasets import TensorSplit, dataset_spec
@@ -69,7 +74,8 @@ def measure_job(name: str, args, device) -> dict:
     student = get_model(args.student if name == "kd step" else args.teacher, num_classes=100).to(device)
     teacher = get_model(args.teacher, num_classes=100).to(device).eval().requires_grad_(False) \
         if name == "kd step" else None
-    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4,
+                          **optimizer_impl("auto", device))  # the engine's kernel: the ratio is overhead only
 
     def bare_step(x, y):
         if teacher is None:
@@ -103,70 +109,113 @@ def measure_job(name: str, args, device) -> dict:
             "ratio": e / b}
 
 
-def measure_fast_meta_round(args, device) -> dict:
-    import copy
+# per-method synthesis settings of the benchmark: each method's reference loss weights; g_steps
+# is kept small (every inner step does the same work, so ms per inner step is what matters)
+ROUND_SETTINGS = {
+    "fast_meta": dict(g_steps=5, lr_g=2e-3, lr_z=0.01, bn=10, oh=0.4, adv=1.1, bn_mmt=0.9),
+    "fast": dict(g_steps=5, lr_g=2e-3, lr_z=0.01, bn=10, oh=0.4, adv=1.1, bn_mmt=0.9),
+    "deepinv": dict(g_steps=10, lr_g=0.1, bn=10, oh=1, adv=1, bn_mmt=0.0),
+    "cmi": dict(g_steps=5, lr_g=1e-3, bn=1, oh=1, adv=0.5, cr=0.8, cr_T=0.2, bn_mmt=0.0),
+    "dafl": dict(g_steps=5, lr_g=1e-3, oh=1, act=1e-3, balance=20, nz=512, bn=0, adv=0, bn_mmt=0.0),
+    "zskt": dict(g_steps=5, lr_g=1e-3, adv=1, bn=0, oh=0, bn_mmt=0.0),
+    "dfad": dict(g_steps=5, lr_g=1e-3, adv=1, bn=0, oh=0, bn_mmt=0.0),
+    "dfq": dict(g_steps=5, lr_g=1e-3, adv=1, bn=1, oh=1, balance=20, bn_mmt=0.0),
+}
 
-    from datafree import SynthesisConfig
-    from datafree.fast_meta import FastMetaSynthesizer
-    from datafree.losses import BNStatLoss, masked_adversarial_kl
+
+def timed(fn, device) -> float:
+    synchronize(device)
+    t = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t
+
+
+def alternate(bare_fn, engine_fn, repeats: int, device) -> tuple:
+    """One warm-up call each (excluded), then ``repeats`` alternated timings; medians."""
+    bare_fn()
+    engine_fn()
+    bare, engine = [], []
+    for _ in range(repeats):
+        bare.append(timed(bare_fn, device))
+        engine.append(timed(engine_fn, device))
+    return statistics.median(bare), statistics.median(engine)
+
+
+def synthesis_pair(method: str, args, device, student_for_bare=None):
+    """The engine's synthesizer and the matching bare round, on fresh CIFAR-100-sized models."""
+    from bench import bare as B
+    from datafree import SYNTHESIZERS, SynthesisConfig
 
     seed_everything(0)
     spec = dataset_spec("cifar100")
     teacher = get_model(args.teacher, num_classes=100).to(device).eval().requires_grad_(False)
     student = get_model(args.student, num_classes=100).to(device).eval()
+    settings = dict(ROUND_SETTINGS[method], n_neg=args.n_neg)
+    if args.g_steps:
+        settings["g_steps"] = args.g_steps
     cfg = SynthesisConfig(num_classes=100, img_size=32, nc=3, mean=spec.mean, std=spec.std, batch_size=args.syn_batch,
-                          g_steps=args.g_steps, lr_g=2e-3, lr_z=0.01, bn=10, oh=0.4, adv=1.1, bn_mmt=0.9, warmup=0)
-    synth = FastMetaSynthesizer(teacher, student, cfg, device)
+                          warmup=0, ngf=args.ngf, **settings)
+    synth = SYNTHESIZERS[method](teacher, student, cfg, device)
+    s_bare = student_for_bare if student_for_bare is not None else student
+    if method == "fast_meta":
+        bare = B.BareFastMeta(teacher, s_bare, cfg, device, synth.generator)
+    elif method == "fast":
+        bare = B.BareFast(teacher, s_bare, cfg, device, synth.generator)
+    elif method == "deepinv":
+        bare = B.BareDeepInv(teacher, s_bare, cfg, device)
+    elif method == "cmi":
+        fill = cfg.n_neg  # a bank with enough cached features for a full draw of negatives
+        synth.bank.add(torch.randn(fill, synth.bank.data.shape[1], device=device))
+        bare = B.BareCMI(teacher, s_bare, cfg, device, fill)
+    else:
+        bare = B.BareGenerative(teacher, s_bare, cfg, device, l1=method == "dfad")
+    return synth, bare, cfg
 
-    # the bare loop: the same tensor work with its own generator, hooks and meta optimiser
-    gen = copy.deepcopy(synth.generator)
-    meta = torch.optim.Adam(gen.parameters(), lr=cfg.lr_g * cfg.g_steps, betas=(0.5, 0.999))
-    bn = BNStatLoss(teacher, cfg.bn_mmt)
-    bn.set_enabled(False)
-    pool = []
 
-    def bare_round():
-        student.requires_grad_(False)
-        bn.set_enabled(True)
-        fast = copy.deepcopy(gen).train()
-        z = torch.randn(cfg.batch_size, cfg.nz, device=device, requires_grad=True)
-        y = torch.randint(cfg.num_classes, (cfg.batch_size,), device=device)
-        opt = torch.optim.Adam([{"params": fast.parameters()}, {"params": [z], "lr": cfg.lr_z}], lr=cfg.lr_g,
-                               betas=(0.5, 0.999))
-        meta.zero_grad(set_to_none=True)
-        for _ in range(cfg.g_steps):
-            x = fast(z)
-            xa = synth.augment(x)
-            t = teacher(xa)
-            loss = (cfg.bn * bn.value() + cfg.oh * F.cross_entropy(t, y)
-                    + cfg.adv * masked_adversarial_kl(student(xa), t))
+def measure_round(method: str, args, device) -> dict:
+    synth, bare, cfg = synthesis_pair(method, args, device)
+    b, e = alternate(bare, lambda: synth.synthesize(0), args.repeats, device)
+    return {"job": f"{method} round (g_steps {cfg.g_steps}, batch {cfg.batch_size})",
+            "bare_ms_per_step": 1e3 * b / cfg.g_steps, "engine_ms_per_step": 1e3 * e / cfg.g_steps, "ratio": e / b,
+            "unit": "inner step"}
+
+
+def measure_fast_meta_epoch(args, device) -> dict:
+    """One data-free epoch: a fast_meta round, then ``--kd_steps`` KD steps on pool batches
+    (engine: :class:`engine.trainer.Trainer` over :class:`datafree.source.DataFreeSource`;
+    evaluation and checkpoint writes excluded on both sides)."""
+    from datafree.source import DataFreeSource
+
+    seed_everything(0)
+    bare_student = get_model(args.student, num_classes=100).to(device)
+    synth, bare, cfg = synthesis_pair("fast_meta", args, device, student_for_bare=bare_student)
+    bare_student.load_state_dict(synth.student.state_dict())
+    opt = torch.optim.SGD(bare_student.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
+                          **optimizer_impl("auto", device))
+    teacher, k = synth.teacher, args.kd_steps
+
+    def bare_epoch():
+        bare()
+        pool = torch.cat(bare.pool)
+        bare_student.train()
+        for _ in range(k):
+            x = bare.augment(pool[torch.randint(len(pool), (args.batch,), device=device)])
+            with torch.no_grad():
+                t = teacher(x)
+            loss = kd_kl_div(bare_student(x), t, 20.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            for p, q in zip(gen.parameters(), fast.parameters()):
-                p.grad = q.grad.clone() if p.grad is None else p.grad.add_(q.grad)
             opt.step()
-        meta.step()
-        bn.update_momentum()
-        pool.append((x.detach() * 255).to(torch.uint8))
-        bn.set_enabled(False)
-        student.requires_grad_(True)
 
-    def timed(fn):
-        synchronize(device)
-        t = time.perf_counter()
-        fn()
-        synchronize(device)
-        return time.perf_counter() - t
-
-    bare_round()
-    synth.synthesize(0)
-    bare, engine = [], []
-    for _ in range(args.repeats):
-        bare.append(timed(bare_round))
-        engine.append(timed(lambda: synth.synthesize(0)))
-    b, e = statistics.median(bare), statistics.median(engine)
-    return {"job": f"fast_meta round (g_steps {cfg.g_steps}, batch {cfg.batch_size})",
-            "bare_ms_per_step": 1e3 * b / cfg.g_steps, "engine_ms_per_step": 1e3 * e / cfg.g_steps, "ratio": e / b}
+    with tempfile.TemporaryDirectory() as tmp:
+        source = DataFreeSource(synth, args.batch, k, k, warmup=0)
+        objective = KD(synth.student, teacher, T=20.0, alpha=1.0, gamma=0.0)
+        trainer = Trainer(objective, source, None, TrainConfig(epochs=1, lr=0.1, weight_decay=1e-4, save_dir=tmp,
+                                                               progress=False, amp=args.amp), device)
+        b, e = alternate(bare_epoch, lambda: trainer.train_one_epoch(0), args.repeats, device)
+    return {"job": f"fast_meta epoch (1 round, g_steps {cfg.g_steps} + {k} KD steps of batch {args.batch})",
+            "bare_ms_per_step": 1e3 * b, "engine_ms_per_step": 1e3 * e, "ratio": e / b, "unit": "epoch"}
 
 
 def main(argv=None):
@@ -178,24 +227,41 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--log_every", type=int, default=50, help="the engine's default host-sync interval")
-    p.add_argument("--syn_batch", type=int, default=64, help="synthesis batch of the fast_meta round")
-    p.add_argument("--g_steps", type=int, default=5)
-    p.add_argument("--no_synthesis", action="store_true", help="skip the fast_meta round")
+    p.add_argument("--syn_batch", type=int, default=64, help="synthesis batch of the rounds")
+    p.add_argument("--ngf", type=int, default=64, help="generator width")
+    p.add_argument("--g_steps", type=int, default=None, help="override every method's g_steps (smoke runs)")
+    p.add_argument("--n_neg", type=int, default=4096, help="CMI negatives per step (the reference's 4096)")
+    p.add_argument("--kd_steps", type=int, default=20, help="KD steps in the fast_meta epoch")
+    p.add_argument("--jobs", nargs="+", default=None,
+                   help=f"subset of: teacher kd {' '.join(ROUND_SETTINGS)} epoch (default all)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="auto")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     device = resolve_device(args.device)
-    rows = [measure_job(j, args, device) for j in ("teacher step", "kd step")]
-    if not args.no_synthesis:
-        rows.append(measure_fast_meta_round(args, device))
+    jobs = args.jobs or ["teacher", "kd", *ROUND_SETTINGS, "epoch"]
+    valid = ["teacher", "kd", *ROUND_SETTINGS, "epoch"]
+    if any(j not in valid for j in jobs):
+        raise SystemExit(f"unknown job(s) {[j for j in jobs if j not in valid]}; valid: {' '.join(valid)}")
+    rows = []
+    for j in jobs:
+        if j in ("teacher", "kd"):
+            rows.append(measure_job(f"{j} step", args, device))
+        elif j == "epoch":
+            rows.append(measure_fast_meta_epoch(args, device))
+        else:
+            rows.append(measure_round(j, args, device))
+        r = rows[-1]
+        print(f"[overhead] {r['job']}: bare {r['bare_ms_per_step']:.1f} ms, engine {r['engine_ms_per_step']:.1f} ms, "
+              f"ratio {r['ratio']:.3f}", flush=True)
     print(f"\nEngine overhead ({device}, batch {args.batch}, teacher {args.teacher}, student {args.student}; "
           f"median of {args.repeats} x {args.steps} steps, {args.warmup} warm-up steps excluded)\n")
-    print("| job | bare ms/step | engine ms/step | engine / bare |")
-    print("|---|---|---|---|")
+    print("| job | bare (ms) | engine (ms) | per | engine / bare |")
+    print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['job']} | {r['bare_ms_per_step']:.1f} | {r['engine_ms_per_step']:.1f} | {r['ratio']:.3f} |")
-    print("\n(for the fast_meta round, ms per inner step = round time / g_steps)")
+        print(f"| {r['job']} | {r['bare_ms_per_step']:.1f} | {r['engine_ms_per_step']:.1f} | {r.get('unit', 'step')} | "
+              f"{r['ratio']:.3f} |")
+    print("\n(rounds: ms per inner step = round time / g_steps; epoch: evaluation and checkpoint writes excluded)")
     versions = library_versions()
     print(f"\n{versions}")
     if args.json:

@@ -1,7 +1,9 @@
 """Benchmark scripts run end to end at a tiny size and report complete figures (not speed)."""
 import json
 
-from bench import overhead, throughput
+import pytest
+
+from bench import optimizations, overhead, throughput
 
 
 def test_throughput_reports_both_pipelines(tmp_path):
@@ -15,8 +17,26 @@ def test_throughput_reports_both_pipelines(tmp_path):
 
 def test_overhead_reports_a_ratio_per_job(tmp_path):
     rows = overhead.main(["--teacher", "resnet8", "--student", "resnet8", "--batch", "8", "--steps", "2",
-                          "--warmup", "1", "--repeats", "1", "--syn_batch", "4", "--g_steps", "1",
+                          "--warmup", "1", "--repeats", "1", "--syn_batch", "4", "--ngf", "8", "--kd_steps", "2",
+                          "--g_steps", "1", "--n_neg", "16",
                           "--json", str(tmp_path / "o.json")])
-    assert [r["job"] for r in rows][:2] == ["teacher step", "kd step"]
-    assert rows[2]["job"].startswith("fast_meta round") and len(rows) == 3
+    jobs = [r["job"].split(" (")[0] for r in rows]
+    assert jobs == ["teacher step", "kd step"] + [f"{m} round" for m in overhead.ROUND_SETTINGS] + ["fast_meta epoch"]
     assert all(r["ratio"] > 0 and r["bare_ms_per_step"] > 0 for r in rows)
+    saved = json.loads((tmp_path / "o.json").read_text())
+    assert len(saved["rows"]) == len(rows) and "versions" in saved
+
+
+def test_overhead_rejects_unknown_jobs():
+    with pytest.raises(SystemExit, match="valid: teacher kd fast_meta"):
+        overhead.main(["--jobs", "kd", "warp"])
+
+
+def test_optimizations_report_before_and_after(tmp_path):
+    rows = optimizations.main(["--teacher", "resnet8", "--student", "resnet8", "--batch", "8", "--syn_batch", "4",
+                               "--steps", "1", "--repeats", "1", "--no_compile", "--json", str(tmp_path / "x.json")])
+    names = " ".join(r["optimisation"] for r in rows)
+    for part in ("SGD", "Adam", "hooks off", "G' per round", "RandomResizedCrop"):
+        assert part in names
+    assert all(r["before_ms"] > 0 and r["after_ms"] > 0 and r["speedup"] > 0 for r in rows)
+    assert json.loads((tmp_path / "x.json").read_text())["timing"].startswith("device-synchronised")
