@@ -112,19 +112,27 @@ class DeviceTimer:
         return out
 
 
+def _cpu_model() -> Optional[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        return None
+
+
 def library_versions() -> dict:
+    """Machine and library versions, recorded next to every figure the engine writes."""
     import platform
 
     versions = {"python": platform.python_version(), "torch": torch.__version__,
-                "numpy": np.__version__, "machine": platform.machine(),
-                "processor": platform.processor() or platform.machine(),
-                "cpu_threads": torch.get_num_threads()}
-    try:
-        import torchvision
-
-        versions["torchvision"] = torchvision.__version__
-    except Exception:  # pragma: no cover - torchvision is a hard dependency
-        pass
+                "numpy": np.__version__, "machine": platform.machine(), "platform": platform.platform(),
+                "processor": _cpu_model() or platform.processor() or platform.machine(),
+                "cpu_count": os.cpu_count(), "cpu_threads": torch.get_num_threads()}
+    for lib in ("torchvision", "kornia"):
+        try:
+            versions[lib] = __import__(lib).__version__
+        except Exception:  # pragma: no cover - both are hard dependencies
+            pass
     if torch.cuda.is_available():
         versions["cuda"] = torch.version.cuda
         versions["gpu"] = torch.cuda.get_device_name()
