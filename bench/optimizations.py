@@ -5,8 +5,8 @@ the two, one warm-up call each excluded, median of ``--repeats``; every timing s
 device. Jobs use CIFAR-100-shaped tensors of random pixels (teacher ``--teacher``, student
 ``--student``):
 
-* ``optimizer kernels``: a KD step through the trainer with SGD ``loop`` / ``foreach`` /
-  ``fused``, and a fast_meta round (Adam on the generator's 2.3M parameters, g_steps 5) with
+* ``optimizer kernels``: the optimiser step alone (SGD on the student, Adam on the generator),
+  a KD step through the trainer with SGD ``loop`` / ``foreach`` / ``fused``, and a fast_meta round (Adam on the generator's 2.3M parameters, g_steps 5) with
   Adam ``loop`` / ``fused``;
 * ``hooks off in KD steps``: a KD step while a CMI synthesizer's hooks (BN statistics + feature
   means, 2 per teacher BN layer) stay on, as in the reference (notes §6 item 13), vs off;
@@ -33,7 +33,7 @@ from bench import save_json
 from bench.overhead import ROUND_SETTINGS, alternate, random_cifar, timed
 from engine.data import FixedSteps, TensorLoader, random_resized_crop
 from engine.trainer import TrainConfig, Trainer
-from engine.utils import library_versions, resolve_device, seed_everything, synchronize
+from engine.utils import library_versions, optimizer_impl, resolve_device, seed_everything, synchronize
 from kd.distillers import KD
 from registry.datasets import dataset_spec
 from registry.models import get_model
@@ -84,6 +84,38 @@ def synthesizer(method: str, args, device, **over):
     cfg = SynthesisConfig(num_classes=100, img_size=32, nc=3, mean=spec.mean, std=spec.std, batch_size=args.syn_batch,
                           warmup=0, **{**ROUND_SETTINGS[method], **over})
     return SYNTHESIZERS[method](teacher, student, cfg, device)
+
+
+def kernel_rows(args, device) -> list:
+    """The optimiser step alone (gradients preset, 50 steps per call): SGD on the student, Adam
+    on the generator (ngf 64, 2.3M parameters) plus a latent batch, loop vs fused."""
+    from datafree.generator import Generator
+
+    seed_everything(0)
+    rows, reps = [], 50
+    models = {"SGD": get_model(args.student, num_classes=100).to(device),
+              "Adam": Generator(256, 64, 32, 3).to(device)}
+    for kind, model in models.items():
+        params = list(model.parameters())
+        if kind == "Adam":
+            params.append(torch.randn(args.syn_batch, 256, device=device, requires_grad=True))
+        for q in params:
+            q.grad = torch.randn_like(q)
+
+        def stepper(impl):
+            kw = optimizer_impl(impl, device)
+            opt = (torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4, **kw) if kind == "SGD"
+                   else torch.optim.Adam(params, lr=1e-3, betas=(0.5, 0.999), **kw))
+
+            def run():
+                for _ in range(reps):
+                    opt.step()
+            return run
+
+        b, a = alternate(stepper("loop"), stepper("fused"), args.repeats, device)
+        what = f"{args.student}, {len(params)} tensors" if kind == "SGD" else f"generator + z, {len(params)} tensors"
+        rows.append(row(f"optimizer kernels: {kind} step alone ({what})", "loop", "fused", b / reps, a / reps, "step"))
+    return rows
 
 
 def hooks_row(args, device) -> dict:
@@ -186,7 +218,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     rows = []
-    for fn in (optimizer_rows, hooks_row, copy_row, rrc_row) + (() if args.no_compile else (compile_row,)) \
+    for fn in (kernel_rows, optimizer_rows, hooks_row, copy_row, rrc_row) + (() if args.no_compile else (compile_row,)) \
             + ((cuda_rows,) if device.type == "cuda" else ()):
         out = fn(args, device)
         for r in out if isinstance(out, list) else [out]:
