@@ -15,7 +15,7 @@ persistent meta optimiser Adam(lr_g * g_steps, betas (0.5, 0.999)) from
   with ``torch.func.functional_call`` and plain gradient steps (differentiable, unlike Adam's
   in-place update), and the meta-gradient is d L(theta'_K) / d theta through the whole loop.
   Measured on MNIST (LeNet-5-BN -> LeNet-5-half-BN, 6 epochs, g_steps 5, seeds 0-2; README):
-  it does not help as built (student 73.6% mean vs 94.6% for ``is_maml=1``) and costs about 3x
+  it does not help as built (student 73.8% mean vs 95.2% for ``is_maml=1``) and costs about 3x
   the synthesis time, because plain SGD at Adam's learning rate barely adapts the generator.
 
 ImageNet-size setting (``fast_meta_imagenet.py``, notes §2.4): ``meta_z`` keeps one persistent
