@@ -30,12 +30,11 @@ import tempfile
 import torch
 
 from bench import save_json
-from bench.overhead import ROUND_SETTINGS, alternate, random_cifar, timed
+from bench.overhead import alternate, make_synthesizer, random_cifar, timed
 from engine.data import FixedSteps, TensorLoader, random_resized_crop
 from engine.trainer import TrainConfig, Trainer
 from engine.utils import library_versions, optimizer_impl, resolve_device, seed_everything, synchronize
 from kd.distillers import KD
-from registry.datasets import dataset_spec
 from registry.models import get_model
 
 
@@ -66,24 +65,12 @@ def optimizer_rows(args, device) -> list:
         for impl in ("foreach", "fused"):
             b, a = alternate(loop, per_step(trainers[impl]), args.repeats, device)
             rows.append(row("optimizer kernels: KD step SGD", "loop", impl, b / args.steps, a / args.steps, "step"))
-    synths = {impl: synthesizer("fast_meta", args, device, opt_impl=impl) for impl in ("loop", "fused")}
+    synths = {impl: make_synthesizer("fast_meta", args, device, opt_impl=impl) for impl in ("loop", "fused")}
     b, a = alternate(lambda: synths["loop"].synthesize(0), lambda: synths["fused"].synthesize(0), args.repeats, device)
     g = synths["loop"].cfg.g_steps
     rows.append(row(f"optimizer kernels: fast_meta round Adam (g_steps {g})", "loop", "fused", b / g, a / g,
                     "inner step"))
     return rows
-
-
-def synthesizer(method: str, args, device, **over):
-    from datafree import SYNTHESIZERS, SynthesisConfig
-
-    seed_everything(0)
-    spec = dataset_spec("cifar100")
-    teacher = get_model(args.teacher, num_classes=100).to(device).eval().requires_grad_(False)
-    student = get_model(args.student, num_classes=100).to(device).eval()
-    cfg = SynthesisConfig(num_classes=100, img_size=32, nc=3, mean=spec.mean, std=spec.std, batch_size=args.syn_batch,
-                          warmup=0, **{**ROUND_SETTINGS[method], **over})
-    return SYNTHESIZERS[method](teacher, student, cfg, device)
 
 
 def kernel_rows(args, device) -> list:
@@ -119,7 +106,7 @@ def kernel_rows(args, device) -> list:
 
 
 def hooks_row(args, device) -> dict:
-    synth = synthesizer("cmi", args, device)
+    synth = make_synthesizer("cmi", args, device)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = kd_trainer(args, device, tmp, teacher=synth.teacher)
 
@@ -138,7 +125,7 @@ def hooks_row(args, device) -> dict:
 def copy_row(args, device) -> dict:
     from datafree.fast_meta import copy_weights
 
-    synth = synthesizer("fast_meta", args, device)
+    synth = make_synthesizer("fast_meta", args, device)
     g, fast = synth.generator, synth.fast_generator
     reps = 20
 
@@ -194,8 +181,8 @@ def cuda_rows(args, device) -> list:
         fast = kd_trainer(args, device, tmp, amp="bf16", channels_last=True)
         b, a = alternate(per_step(fp32), per_step(fast), args.repeats, device)
     rows.append(row("KD step bf16 + channels_last", "fp32 NCHW", "bf16 NHWC", b / args.steps, a / args.steps, "step"))
-    s0 = synthesizer("fast_meta", args, device, amp="off", channels_last=False)
-    s1 = synthesizer("fast_meta", args, device, amp="bf16", channels_last=True)
+    s0 = make_synthesizer("fast_meta", args, device, amp="off", channels_last=False)
+    s1 = make_synthesizer("fast_meta", args, device, amp="bf16", channels_last=True)
     s1.teacher.to(memory_format=torch.channels_last)
     s1.student.to(memory_format=torch.channels_last)
     b, a = alternate(lambda: s0.synthesize(0), lambda: s1.synthesize(0), args.repeats, device)

@@ -63,6 +63,16 @@ def bare_window(step, loader_iter, n: int, device) -> float:
     return time.perf_counter() - t
 
 
+def bare_kd_step(student, teacher, opt, x) -> None:
+    """One KD step as a tight loop: frozen teacher, KL at T = 20, backward, optimiser step."""
+    with torch.no_grad():
+        t = teacher(x)
+    loss = kd_kl_div(student(x), t, 20.0)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def endless(loader):
     while True:
         yield from loader
@@ -78,12 +88,9 @@ def measure_job(name: str, args, device) -> dict:
                           **optimizer_impl("auto", device))  # the engine's kernel: the ratio is overhead only
 
     def bare_step(x, y):
-        if teacher is None:
-            loss = F.cross_entropy(student(x), y)
-        else:
-            with torch.no_grad():
-                t = teacher(x)
-            loss = kd_kl_div(student(x), t, 20.0)
+        if teacher is not None:
+            return bare_kd_step(student, teacher, opt, x)
+        loss = F.cross_entropy(student(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -142,21 +149,27 @@ def alternate(bare_fn, engine_fn, repeats: int, device) -> tuple:
     return statistics.median(bare), statistics.median(engine)
 
 
-def synthesis_pair(method: str, args, device, student_for_bare=None):
-    """The engine's synthesizer and the matching bare round, on fresh CIFAR-100-sized models."""
-    from bench import bare as B
+def make_synthesizer(method: str, args, device, **over):
+    """The engine's synthesizer for ``method`` on fresh CIFAR-100-sized models (``args.teacher``,
+    ``args.student``, ``args.syn_batch``), with the method's :data:`ROUND_SETTINGS` updated by ``over``."""
     from datafree import SYNTHESIZERS, SynthesisConfig
 
     seed_everything(0)
     spec = dataset_spec("cifar100")
     teacher = get_model(args.teacher, num_classes=100).to(device).eval().requires_grad_(False)
     student = get_model(args.student, num_classes=100).to(device).eval()
-    settings = dict(ROUND_SETTINGS[method], n_neg=args.n_neg)
-    if args.g_steps:
-        settings["g_steps"] = args.g_steps
     cfg = SynthesisConfig(num_classes=100, img_size=32, nc=3, mean=spec.mean, std=spec.std, batch_size=args.syn_batch,
-                          warmup=0, ngf=args.ngf, **settings)
-    synth = SYNTHESIZERS[method](teacher, student, cfg, device)
+                          warmup=0, **{**ROUND_SETTINGS[method], **over})
+    return SYNTHESIZERS[method](teacher, student, cfg, device)
+
+
+def synthesis_pair(method: str, args, device, student_for_bare=None):
+    """The engine's synthesizer and the matching bare round (:mod:`bench.bare`)."""
+    from bench import bare as B
+
+    over = {"n_neg": args.n_neg, "ngf": args.ngf, **({"g_steps": args.g_steps} if args.g_steps else {})}
+    synth = make_synthesizer(method, args, device, **over)
+    teacher, student, cfg = synth.teacher, synth.student, synth.cfg
     s_bare = student_for_bare if student_for_bare is not None else student
     if method == "fast_meta":
         bare = B.BareFastMeta(teacher, s_bare, cfg, device, synth.generator)
@@ -200,13 +213,8 @@ def measure_fast_meta_epoch(args, device) -> dict:
         pool = torch.cat(bare.pool)
         bare_student.train()
         for _ in range(k):
-            x = bare.augment(pool[torch.randint(len(pool), (args.batch,), device=device)])
-            with torch.no_grad():
-                t = teacher(x)
-            loss = kd_kl_div(bare_student(x), t, 20.0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            bare_kd_step(bare_student, teacher, opt,
+                         bare.augment(pool[torch.randint(len(pool), (args.batch,), device=device)]))
 
     with tempfile.TemporaryDirectory() as tmp:
         source = DataFreeSource(synth, args.batch, k, k, warmup=0)
