@@ -135,11 +135,14 @@ class TensorLoader:
     """
 
     def __init__(self, data: TensorSplit, batch_size: int, train: bool, device: torch.device,
-                 seed: int = 0, drop_last: bool = False):
+                 seed: int = 0, drop_last: bool = False, with_index: bool = False, flip: Optional[bool] = None):
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.batch_size, self.train, self.drop_last = batch_size, train, drop_last
+        self.with_index = with_index
         self.augment = BatchAugment.for_spec(data.spec, train).to(device)
+        if flip is not None and train:
+            self.augment.flip = flip
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -160,7 +163,10 @@ class TensorLoader:
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             if self.train and len(idx) < 2:  # a batch of one breaks BatchNorm
                 break
-            yield self.augment(self.images[idx]), self.labels[idx]
+            if self.with_index:
+                yield self.augment(self.images[idx]), self.labels[idx], idx
+            else:
+                yield self.augment(self.images[idx]), self.labels[idx]
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -191,6 +197,20 @@ class FixedSteps:
     def __iter__(self):
         for _ in range(self.n):
             yield self._next()
+
+
+class WithIndex(torch.utils.data.Dataset):
+    """``(x, y, index)`` items from a dataset of ``(x, y)`` (CRD's memory bank needs the index)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[i]
+        return x, y, i
 
 
 class _PILView(torch.utils.data.Dataset):
@@ -237,16 +257,44 @@ class PILLoader:
         self.generator.set_state(state["generator"])
 
 
+def dataset_labels(data) -> torch.Tensor:
+    """Labels of a :class:`TensorSplit` or a torchvision dataset, in index order."""
+    if isinstance(data, TensorSplit):
+        return data.labels
+    targets = getattr(data, "targets", None)
+    if targets is None:
+        raise ValueError(f"{type(data).__name__} exposes no targets")
+    return torch.as_tensor(targets, dtype=torch.long)
+
+
 def build_loader(name: str, split: str, batch_size: int, device: torch.device, data_root: str,
-                 pipeline: str = "tensor", workers: int = 4, seed: int = 0, download: bool = True):
+                 pipeline: str = "tensor", workers: int = 4, seed: int = 0, download: bool = True,
+                 with_index: bool = False, flip: Optional[bool] = None):
     """A batch iterator for ``split`` of dataset ``name``: a :class:`TensorLoader` for tensor
-    datasets (``pipeline='tensor'``), otherwise a PIL :class:`PILLoader`."""
+    datasets (``pipeline='tensor'``), otherwise a PIL :class:`PILLoader`. ``with_index``
+    yields ``(x, y, index)``; ``flip`` overrides the dataset's horizontal flip (training only).
+    The loader's ``labels`` attribute holds the split's labels in index order."""
     data = get_dataset(name, split, data_root, download)
     train = split == "train"
+    labels = dataset_labels(data)
     if isinstance(data, TensorSplit):
         if pipeline == "tensor":
-            return TensorLoader(data, batch_size, train, device, seed=seed)
+            loader = TensorLoader(data, batch_size, train, device, seed=seed, with_index=with_index, flip=flip)
+            loader.labels_cpu = labels
+            return loader
         if pipeline != "pil":
             raise ValueError(f"pipeline must be 'tensor' or 'pil', got {pipeline!r}")
-        data = _PILView(data, folder_transform(data.spec, train))
-    return PILLoader(data, batch_size, train, workers, seed=seed, pin_memory=device.type == "cuda")
+        spec = data.spec
+        if flip is not None:
+            from dataclasses import replace
+
+            aug = {("crop_flip", False): "crop", ("crop", True): "crop_flip"}.get((spec.train_aug, flip), spec.train_aug)
+            spec = replace(spec, train_aug=aug)
+        data = _PILView(data, folder_transform(spec, train))
+    elif flip is not None and train:
+        raise ValueError("overriding the horizontal flip is supported for tensor datasets only")
+    if with_index:
+        data = WithIndex(data)
+    loader = PILLoader(data, batch_size, train, workers, seed=seed, pin_memory=device.type == "cuda")
+    loader.labels_cpu = labels
+    return loader

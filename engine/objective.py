@@ -1,9 +1,9 @@
 """What the trainer optimises.
 
-An :class:`Objective` maps one batch to a dict of named, already weighted loss tensors;
-the trainer sums them, back-propagates and steps. It also declares which modules the
-optimiser trains (the student plus any extra heads a method needs) and which stay frozen
-(a teacher, kept in eval mode). The trainer knows nothing else about a method.
+An :class:`Objective` maps one batch to a dict of named loss tensors; the trainer weights
+each by :meth:`Objective.loss_weight` (1 by default), sums them, back-propagates and steps.
+It also declares which modules the optimiser trains (the student plus any extra heads a
+method needs) and which stay frozen (a teacher, kept in eval mode). The trainer knows nothing else about a method.
 """
 from __future__ import annotations
 
@@ -42,6 +42,11 @@ class Objective(nn.Module):
                 if p.requires_grad and id(p) not in seen:
                     seen.add(id(p))
                     yield p
+
+    def loss_weight(self, name: str) -> float:
+        """Weight the trainer gives the loss called ``name`` (1 unless a subclass says
+        otherwise; distillers map ``ce``/``kd``/method losses to ``-r``/``-a``/``-b``)."""
+        return 1.0
 
     def freeze(self) -> "Objective":
         for m in self.frozen_modules():

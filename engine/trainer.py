@@ -114,6 +114,40 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
             "test_loss": loss_sum.item() / n}
 
 
+@torch.no_grad()
+def evaluate_heads(heads, loader: Iterable, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
+                   channels_last: bool = False) -> Dict[str, float]:
+    """Evaluate several classifiers in one pass: ``heads(x)`` returns ``{name: logits}`` (the
+    first entry is the model whose figures are reported as ``top1``/``top5``/``test_loss``;
+    every entry also gets ``top1_<name>``). Used for DML peers, BYOT branches, ensembles."""
+    counts: Dict[str, List[torch.Tensor]] = {}
+    loss_sum = torch.zeros((), device=device)
+    n, first = 0, None
+    ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    for x, y in loader:
+        x, y = _to_device((x, y), device, channels_last)
+        with ctx:
+            outs = heads(x)
+        for i, (name, logits) in enumerate(outs.items()):
+            logits = logits.float()
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hits = top.eq(y[:, None])
+            c = counts.setdefault(name, [torch.zeros((), device=device, dtype=torch.long),
+                                         torch.zeros((), device=device, dtype=torch.long)])
+            c[0] += hits[:, 0].sum()
+            c[1] += hits.any(dim=1).sum()
+            if i == 0:
+                first = name
+                loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        n += y.shape[0]
+    n = max(n, 1)
+    out = {f"top1_{k}": 100.0 * c[0].item() / n for k, c in counts.items()}
+    if first is not None:
+        out.update(top1=out[f"top1_{first}"], top5=100.0 * counts[first][1].item() / n,
+                   test_loss=loss_sum.item() / n)
+    return out
+
+
 class Trainer:
     """Train ``objective`` on batches from ``train_source``; evaluate on ``test_loader``.
 
@@ -235,6 +269,10 @@ class Trainer:
         obj.train()
         if hasattr(self.source, "set_epoch"):
             self.source.set_epoch(epoch)
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+        weight = obj.loss_weight
+        weighted = type(obj).loss_weight is not Objective.loss_weight
         sums: Dict[str, torch.Tensor] = {}
         window = torch.zeros((), device=self.device)
         norms: List[float] = []
@@ -249,7 +287,7 @@ class Trainer:
             batch = _to_device(batch, self.device, self.channels_last)
             with amp_ctx:
                 losses = self.step_forward(batch)
-            loss = sum(losses.values())
+            loss = sum(v * weight(k) for k, v in losses.items()) if weighted else sum(losses.values())
             opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             log_now = (steps + 1) % cfg.log_every == 0
@@ -280,7 +318,7 @@ class Trainer:
         bar.close()
         stats = {f"loss_{k}": (v / steps).item() for k, v in sums.items()}
         if steps:
-            stats["loss"] = sum(stats.values())
+            stats["loss"] = sum(stats[f"loss_{k}"] * weight(k) for k in sums)
             if not math.isfinite(stats["loss"]):
                 raise self._diverged(f"loss is {stats['loss']}", epoch, steps)
         if norms:
@@ -305,7 +343,15 @@ class Trainer:
         }
 
     def run_evaluation(self) -> Dict[str, float]:
-        return evaluate(self.objective.student, self.test_loader, self.device, self.amp_dtype, self.channels_last)
+        heads = getattr(self.objective, "eval_heads", None)
+        if heads is None:
+            return evaluate(self.objective.student, self.test_loader, self.device, self.amp_dtype, self.channels_last)
+        was = self.objective.training
+        self.objective.eval()
+        try:
+            return evaluate_heads(heads, self.test_loader, self.device, self.amp_dtype, self.channels_last)
+        finally:
+            self.objective.train(was)
 
     def fit(self, until_epoch: Optional[int] = None) -> dict:
         """Train from ``start_epoch`` to ``cfg.epochs`` (or stop before ``until_epoch``, as an

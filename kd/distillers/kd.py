@@ -1,38 +1,38 @@
-"""Hinton KD (Hinton et al., 2015): ``gamma * CE(s, y) + alpha * KL(p_t || p_s) * T^2``.
+"""Hinton KD and the no-KD baseline.
 
-Defaults are RepDistiller's (``-r 0.1 -a 0.9``, T 4; reference-notes §3.1), KL summed over
-classes and averaged over the batch. Unlabelled batches (data-free KD) get the KL term only,
-which is the data-free loop's loss with ``alpha = 1`` and T = ``--T`` (Fast-Datafree).
-The teacher is frozen and always in eval mode.
+``kd`` (Hinton et al., "Distilling the Knowledge in a Neural Network", 2015):
+``r * CE(s, y) + a * KL(softmax(t/T) || softmax(s/T)) * T^2``, the KL summed over classes and
+divided by the batch size (RepDistiller ``distiller_zoo/KD.py``; reference-notes §3.1).
+Defaults are RepDistiller's CIFAR-100 script: ``-r 0.1 -a 0.9``, ``--kd_T 4``. Unlabelled
+batches (data-free KD) get the KL term only: the data-free loop's loss with ``a = 1``.
+
+``nokd`` (Distiller's NOKD row, reference-notes §3.27): the student trained with CE alone
+under the KD recipe; no teacher forward is run.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable
+from typing import Optional
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from engine.objective import Objective
-from kd.losses import kd_kl_div
+from kd.distillers.base import DataInfo, Distiller, Weights
+from kd.distillers.registry import register_distiller
 
 
-class KD(Objective):
-    def __init__(self, student: nn.Module, teacher: nn.Module, T: float = 4.0, alpha: float = 0.9,
-                 gamma: float = 0.1):
-        super().__init__(student)
-        self.teacher, self.T, self.alpha, self.gamma = teacher, T, alpha, gamma
+@register_distiller("kd")
+class KD(Distiller):
+    weights = Weights(r=0.1, a=0.9, b=0.0)
 
-    def frozen_modules(self) -> Iterable[nn.Module]:
-        return (self.teacher,)
+    def __init__(self, student: nn.Module, teacher: nn.Module, data: Optional[DataInfo] = None, T: float = 4.0,
+                 weights: Optional[Weights] = None, **kw):
+        super().__init__(student, teacher, data or DataInfo(num_classes=0), T, weights, **kw)
 
-    def forward(self, batch) -> Dict[str, torch.Tensor]:
-        labelled = isinstance(batch, (list, tuple))
-        x = batch[0] if labelled else batch
-        with torch.no_grad():
-            t = self.teacher(x)
-        s = self.student(x)
-        losses = {"kd": self.alpha * kd_kl_div(s, t, self.T)}
-        if labelled and self.gamma > 0:
-            losses["ce"] = self.gamma * F.cross_entropy(s, batch[1])
-        return losses
+
+@register_distiller("nokd", "student", "vanilla")
+class NoKD(Distiller):
+    weights = Weights(r=1.0, a=0.0, b=0.0)
+    needs_teacher = False
+
+    def __init__(self, student: nn.Module, teacher: Optional[nn.Module] = None, data: Optional[DataInfo] = None,
+                 T: float = 4.0, weights: Optional[Weights] = None, **kw):
+        super().__init__(student, None, data or DataInfo(num_classes=0), T, weights, **kw)
