@@ -4,7 +4,7 @@ A two-stage KD method (an initialisation stage, then distillation), a teacher-as
 (teacher -> assistant -> student) or a job that first trains its own teacher is a list of
 :class:`Stage` s. Each stage writes its own ``last.pt``/``best.pt``, ``log.txt``, TensorBoard
 events and ``metrics.json`` under its own folder, so it is logged as its own stage. With
-``resume``, a stage whose ``last.pt`` already covers all its epochs is not trained again: its
+``resume``, a stage whose ``last.pt`` already covers all its (current) epochs is not trained again: its
 weights (student and extra modules) are restored from that checkpoint and the next stage
 starts; the first unfinished stage continues from its ``last.pt``. Without ``resume`` every
 stage trains from the start.
@@ -31,13 +31,12 @@ class Stage:
     after: Optional[Callable[[dict], None]] = None  # called with the stage's metrics when it ends
 
 
-def stage_finished(save_dir: str) -> bool:
-    """Whether ``save_dir/last.pt`` holds the stage's final epoch."""
+def stage_finished(save_dir: str, epochs: int) -> bool:
+    """Whether ``save_dir/last.pt`` already holds epoch ``epochs`` (the stage's last)."""
     path = os.path.join(save_dir, "last.pt")
     if not os.path.isfile(path):
         return False
-    ckpt = load_checkpoint(path)
-    return ckpt["epoch"] + 1 >= ckpt["config"]["epochs"]
+    return load_checkpoint(path)["epoch"] + 1 >= epochs
 
 
 def restore_final(trainer, path: str) -> None:
@@ -63,7 +62,7 @@ def run_stages(stages: List[Stage], resume: bool, log: Callable[[str], None] = p
         folder = trainer.cfg.save_dir
         last = os.path.join(folder, "last.pt")
         prefix = f"stage {i}/{len(stages)} ({stage.name})"
-        if resume and stage_finished(folder):
+        if resume and stage_finished(folder, trainer.cfg.epochs):
             restore_final(trainer, last)
             log(f"{prefix}: already finished in {folder}; its weights are restored")
             metrics = trainer._metrics(status="finished")

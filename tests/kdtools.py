@@ -69,3 +69,27 @@ def trainer_for(distiller, batches, save_dir, epochs: int = 2, test=None, lr: fl
     cfg = TrainConfig(epochs=epochs, lr=lr, schedule="constant", save_dir=str(save_dir), progress=False,
                       log_every=1000)
     return Trainer(distiller, batches, test, cfg, torch.device("cpu"))
+
+
+def digits_teacher_ckpt(folder, arch: str = "resnet8", layout: str = "repdistiller") -> str:
+    """A (randomly initialised) digits teacher saved in a seed's layout; returns its path.
+    ``repdistiller``: ``<folder>/<arch>_vanilla/ckpt_epoch_240.pth`` holding ``{'model': sd}``."""
+    import os
+
+    torch.manual_seed(0)
+    model = get_model(arch, num_classes=10, in_chans=1)
+    if layout == "repdistiller":
+        path = os.path.join(str(folder), f"{arch}_vanilla", "ckpt_epoch_240.pth")
+        obj = {"model": model.state_dict(), "epoch": 240}
+    else:
+        path = os.path.join(str(folder), f"{arch}.pth")
+        obj = model.state_dict()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(obj, path)
+    return path
+
+
+def kd_cli(save_dir, *args: str) -> list:
+    """Common kd/train.py arguments for a fast offline run on digits."""
+    return ["--dataset", "digits", "--student", "lenet5_half_bn", "--batch_size", "128", "--epochs", "1",
+            "--no_progress", "--device", "cpu", "--save_dir", str(save_dir), *args]
