@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small teacher on the offline digits set (~1 min on CPU)")
     p.add_argument("--evaluate_only", action="store_true", help="evaluate --resume/--ckpt weights and exit")
     p.add_argument("--ckpt", default=None, help="weights to evaluate with --evaluate_only")
+    p.add_argument("--saliencymix", type=float, default=0.0, metavar="P",
+                   help="SaliencyMix probability per batch (0: off; the reference uses 0.5)")
+    p.add_argument("--saliencymix_variant", default="batched", choices=["batched", "reference"],
+                   help="batched: per-image saliency on the device; reference: one image's box for the batch")
+    p.add_argument("--saliencymix_beta", type=float, default=1.0, help="lambda ~ Beta(beta, beta)")
     return add_common_args(p)
 
 
@@ -68,6 +73,8 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
         apply_preset(args, {**QUICK, "save_dir": QUICK_SAVE_DIR}, argv)
     if args.lr is None:
         args.lr = 0.01 if canonical_name(args.model) in SMALL_LR_MODELS else 0.05
+    if not 0.0 <= args.saliencymix <= 1.0:
+        raise ValueError(f"--saliencymix {args.saliencymix}: a probability in [0, 1]")
     if args.save_dir is None:
         args.save_dir = os.path.join("run", "teachers", f"{args.dataset}_{args.model}")
     return args
@@ -95,6 +102,12 @@ def train(argv: Optional[list] = None) -> dict:
         logger.info(f"{args.model} on {args.dataset} test: top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f}")
         return metrics
     train_loader = build_loader(args.dataset, "train", args.batch_size, seed=args.seed, **load)
+    if args.saliencymix > 0:
+        from engine.saliency import SaliencyMix
+
+        train_loader = SaliencyMix(train_loader, p=args.saliencymix, variant=args.saliencymix_variant,
+                                   num_classes=spec.num_classes, beta=args.saliencymix_beta,
+                                   mean=spec.mean, std=spec.std)
     trainer = Trainer(CrossEntropyObjective(model), train_loader, test_loader, cfg, device, logger, vars(args))
     if resume:
         trainer.resume(resume)

@@ -30,6 +30,8 @@ setup(
         "console_scripts": [
             "dfkd-train-teacher=cifar100:main",
             "dfkd-datafree=kd.faster_data_free_kd:main",
+            "dfkd-kd=kd.train:main",
+            "dfkd-eval-corruptions=kd.eval_corruptions:main",
         ]
     },
 )

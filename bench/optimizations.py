@@ -34,14 +34,14 @@ from bench.overhead import alternate, make_synthesizer, random_cifar, timed
 from engine.data import FixedSteps, TensorLoader, random_resized_crop
 from engine.trainer import TrainConfig, Trainer
 from engine.utils import library_versions, optimizer_impl, resolve_device, seed_everything, synchronize
-from kd.distillers import KD
+from kd.distillers import KD, Weights
 from registry.models import get_model
 
 
 def kd_trainer(args, device, tmp, teacher=None, **cfg) -> Trainer:
     seed_everything(0)
     teacher = teacher or get_model(args.teacher, num_classes=100)
-    objective = KD(get_model(args.student, num_classes=100), teacher, T=20.0, alpha=1.0, gamma=0.0)
+    objective = KD(get_model(args.student, num_classes=100), teacher, T=20.0, weights=Weights(r=0.0, a=1.0))
     source = FixedSteps(TensorLoader(random_cifar(), args.batch, True, device), args.steps)
     config = TrainConfig(epochs=1, lr=0.05, save_dir=tmp, progress=False, **cfg)
     return Trainer(objective, source, None, config, device)

@@ -41,7 +41,7 @@ from engine.data import FixedSteps, TensorLoader
 from engine.objective import CrossEntropyObjective
 from engine.trainer import TrainConfig, Trainer
 from engine.utils import library_versions, optimizer_impl, resolve_device, seed_everything, synchronize
-from kd.distillers import KD
+from kd.distillers import KD, Weights
 from kd.losses import kd_kl_div
 from registry.datasets import TensorSplit, dataset_spec
 from registry.models import get_model
@@ -100,7 +100,7 @@ def measure_job(name: str, args, device) -> dict:
     bare_window(bare_step, it, args.warmup, device)
 
     objective = CrossEntropyObjective(get_model(args.teacher, num_classes=100)) if teacher is None else \
-        KD(get_model(args.student, num_classes=100), teacher, T=20.0, alpha=1.0, gamma=0.0)
+        KD(get_model(args.student, num_classes=100), teacher, T=20.0, weights=Weights(r=0.0, a=1.0))
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(epochs=1, lr=0.05, save_dir=tmp, progress=False, log_every=args.log_every, amp=args.amp)
         source = FixedSteps(TensorLoader(data, args.batch, True, device), args.warmup)
@@ -218,7 +218,7 @@ def measure_fast_meta_epoch(args, device) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         source = DataFreeSource(synth, args.batch, k, k, warmup=0)
-        objective = KD(synth.student, teacher, T=20.0, alpha=1.0, gamma=0.0)
+        objective = KD(synth.student, teacher, T=20.0, weights=Weights(r=0.0, a=1.0))
         trainer = Trainer(objective, source, None, TrainConfig(epochs=1, lr=0.1, weight_decay=1e-4, save_dir=tmp,
                                                                progress=False, amp=args.amp), device)
         b, e = alternate(bare_epoch, lambda: trainer.train_one_epoch(0), args.repeats, device)

@@ -31,6 +31,7 @@ trained earlier by this command under ``<out>/teachers/``, else one is trained n
     python -m bench.reproduce --protocol cifar10 --dataset digits --pair resnet8:wrn16_1 --budget 0.02 \\
         --steps 4 --batch 32 --repeats 3                        # offline, about 4 min on 2 CPU cores
     python -m bench.reproduce --protocol cifar100 --dry_run          # print every run's command line
+    python -m bench.reproduce --protocol kd_mnist                    # the data-driven KD zoo (bench/reproduce_kd.py)
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ from engine.objective import CrossEntropyObjective
 from engine.trainer import DivergenceError, TrainConfig, Trainer, evaluate
 from engine.utils import library_versions, resolve_device, seed_everything, synchronize
 from kd import faster_data_free_kd as dfkd
-from kd.distillers import KD
+from kd.distillers import KD, Weights
 from registry.datasets import dataset_spec, list_datasets
 from registry.models import canonical_name, get_model
 
@@ -391,7 +392,7 @@ def run_real(kind: str, m: Method, pair: Pair, b: dict, dataset: str, ckpt: str,
     student = get_model(pair.student, num_classes=spec.num_classes, in_chans=spec.in_chans)
     if kind == "kd_real":
         teacher = load_weights(get_model(pair.teacher, num_classes=spec.num_classes, in_chans=spec.in_chans), ckpt)
-        objective = KD(student, teacher, T=m.T, alpha=1.0, gamma=0.0)
+        objective = KD(student, teacher, T=m.T, weights=Weights(r=0.0, a=1.0))
     else:
         objective = CrossEntropyObjective(student)
     train = build_loader(dataset, "train", b["batch"], device, args.data_root, seed=seed, download=args.download)
@@ -593,7 +594,8 @@ def write_plot(path: str, summary: List[dict], pairs: Sequence[Pair], keys: Sequ
 # ---- command line -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--protocol", default="mnist", choices=sorted(PROTOCOLS))
+    ap.add_argument("--protocol", default="mnist", choices=sorted(PROTOCOLS) + ["kd_mnist"],
+                    help="kd_mnist: the data-driven KD zoo on MNIST (bench/reproduce_kd.py, its own flags)")
     ap.add_argument("--dataset", default=None, help="run the protocol's pairs and settings on another registered "
                                                     "dataset (e.g. digits, offline)")
     ap.add_argument("--pairs", nargs="+", default=None, help="subset of the protocol's pairs, TEACHER:STUDENT")
@@ -662,6 +664,13 @@ def dry_run(p: Protocol, pairs, keys, b, dataset, seeds, out, args) -> dict:
 
 
 def main(argv: Optional[list] = None) -> dict:
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--protocol", default="mnist")
+    if pre.parse_known_args(argv_list)[0].protocol == "kd_mnist":  # the data-driven zoo: its own runner
+        from bench import reproduce_kd
+
+        return reproduce_kd.main(argv_list)
     args = parse_args(argv)
     p = PROTOCOLS[args.protocol]
     dataset = args.dataset or p.dataset

@@ -26,7 +26,7 @@ from datafree.source import DataFreeSource
 from engine.logger import RunLogger
 from engine.trainer import TrainConfig, Trainer
 from engine.utils import resolve_device
-from kd.distillers import KD
+from kd.distillers import KD, Weights
 
 
 def build_trainer(teacher: nn.Module, student: nn.Module, method: str, syn: SynthesisConfig, train: TrainConfig,
@@ -50,7 +50,7 @@ def build_trainer(teacher: nn.Module, student: nn.Module, method: str, syn: Synt
     source = DataFreeSource(synth, batch_size, kd_steps, ep_steps, syn.warmup, logger,
                             image_dir=os.path.join(train.save_dir, "images"))
     train.sched_start_epoch = syn.warmup  # the schedule runs over the post-warm-up epochs
-    objective = KD(student, teacher, T=T, alpha=1.0, gamma=0.0)
+    objective = KD(student, teacher, T=T, weights=Weights(r=0.0, a=1.0))
     return Trainer(objective, source, test_loader, train, device, logger, args)
 
 

@@ -82,7 +82,9 @@ def extract_state_dict(ckpt: Mapping) -> Dict[str, torch.Tensor]:
 def check_fit(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "") -> None:
     """Raise :class:`CheckpointMismatchError` unless ``state_dict`` fits ``model`` exactly."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
+    # BatchNorm's num_batches_tracked counters are absent from checkpoints saved by torch < 0.4.1
+    # (e.g. akamaster's); loading then keeps the model's own counters
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state_dict if k not in own]
     shapes = {k: (own[k].shape, v.shape) for k, v in state_dict.items() if k in own and own[k].shape != v.shape}
     if missing or unexpected or shapes:
@@ -95,7 +97,7 @@ def load_weights(model: nn.Module, source: Union[str, Mapping], map_location="cp
     ckpt = load_checkpoint(source, map_location) if isinstance(source, str) else source
     sd = extract_state_dict(ckpt)
     check_fit(model, sd, name)
-    model.load_state_dict(sd)
+    model.load_state_dict(sd, strict=False)  # check_fit was strict; only absent BN counters are tolerated
     return model
 
 

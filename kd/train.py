@@ -44,7 +44,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from engine.checkpoint import load_weights  # noqa: E402
-from engine.data import build_loader  # noqa: E402
+from engine.data import FixedSteps, build_loader  # noqa: E402
 from engine.launch import add_common_args, apply_preset, prepare_run, run_main  # noqa: E402
 from engine.logger import RunLogger  # noqa: E402
 from engine.objective import CrossEntropyObjective  # noqa: E402
@@ -173,6 +173,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     o.add_argument("--nesterov", action="store_true", default=None)
     o.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=None)
     o.add_argument("--init_epochs", type=int, default=30, help="epochs of a two-stage method's init stage")
+    o.add_argument("--steps_per_epoch", type=int, default=None,
+                   help="cap each epoch at N steps (the loader continues across epochs); default: whole epochs")
     o.add_argument("--optimizer", default="sgd", help="Distiller's flag; only sgd is implemented")
     o.add_argument("--scheduler", default=None, help="Distiller's flag: multisteplr (default) or steplr")
     o.add_argument("--trial", default="1", help="run tag (RepDistiller)")
@@ -217,12 +219,14 @@ def infer_teacher_name(path: str, dataset: Optional[str] = None) -> Optional[str
     ``<dataset>_<arch>.pth``. ``None`` when the path says nothing."""
     parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
     if parent.endswith("_vanilla") or "_vanilla_" in parent:
+        arch = parent[:parent.index("_vanilla")]  # e.g. mobile_half, wrn_40_2, resnet32x4
         seg = parent.split("_")
-        name = "_".join(seg[:3]) if seg[0] == "wrn" else seg[0]
-        try:
-            return canonical_name(name)
-        except KeyError:
-            return None
+        for name in (arch, "_".join(seg[:3]) if seg[0] == "wrn" else seg[0]):  # then RD's get_teacher_name rule
+            try:
+                return canonical_name(name)
+            except KeyError:
+                continue
+        return None
     stem = os.path.splitext(os.path.basename(path))[0]
     for ds in ([dataset] if dataset else []) + list_datasets():
         if stem.startswith(ds + "_"):
@@ -233,6 +237,18 @@ def infer_teacher_name(path: str, dataset: Optional[str] = None) -> Optional[str
     return None
 
 
+def dialect_model(name: str, recipe: str) -> str:
+    """The registry name of ``name`` as the recipe's code base means it: under Distiller's recipe
+    ``resnet20``, ``resnet18``, ``vgg13``, ... are Distiller's own networks (``kc_resnet20`` ...,
+    whose checkpoints have other keys than RepDistiller's nets of the same name)."""
+    if recipe == "distiller":
+        try:
+            return canonical_name(f"kc_{name}")
+        except KeyError:
+            pass
+    return canonical_name(name)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None,
                recipe: Optional[str] = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -241,7 +257,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None,
     if args.quick:
         apply_preset(args, QUICK, argv)
     # method list: --distill, or Distiller's --mode list (RepDistiller's --mode is CRD's negatives)
-    args.crd_mode = None
+    args.crd_mode = args.crd_mode.lower() if getattr(args, "crd_mode", None) else None
     if args.mode is not None:
         if all(m.lower() in CRD_MODES for m in args.mode):
             if len(args.mode) != 1:
@@ -270,10 +286,10 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None,
         if args.teacher_ckpt:
             raise ValueError(f"cannot tell the teacher architecture from {args.teacher_ckpt!r}: pass --teacher "
                              "(RepDistiller paths look like save/models/<arch>_vanilla/ckpt_epoch_240.pth)")
-        args.teacher = "wrn40_2" if args.recipe == "crd" else "resnet20"
+        args.teacher = "wrn40_2" if args.recipe == "crd" else "WRN22_4"  # Distiller's evaluate_kd.py default
     if args.teacher is not None:
-        args.teacher = canonical_name(args.teacher)
-    args.student = canonical_name(args.student or ("wrn16_2" if args.recipe == "crd" else "resnet8"))
+        args.teacher = dialect_model(args.teacher, args.recipe)
+    args.student = dialect_model(args.student or ("wrn16_2" if args.recipe == "crd" else "resnet18"), args.recipe)
     # recipe values
     args.epochs = args.epochs if args.epochs is not None else rc.epochs
     if args.lr is None:
@@ -320,8 +336,6 @@ def method_options(args: argparse.Namespace, cls) -> Any:
     """The method's Options from the command line (unset flags keep the method's defaults)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls.Options)
               if getattr(args, f.name, None) is not None}
-    if "mode" in {f.name for f in dataclasses.fields(cls.Options)} and args.crd_mode:
-        values["mode"] = args.crd_mode
     return cls.Options(**values)
 
 
@@ -342,9 +356,8 @@ def warn_unused(args: argparse.Namespace, method: str) -> List[str]:
         own = {f.name for f in dataclasses.fields(cls.Options)}
         for name, (f, users) in _option_fields().items():
             if name not in own and getattr(args, name, None) is not None:
-                unused.append(f"--{name} (read by {', '.join(users)})")
-        if args.crd_mode and "mode" not in own:
-            unused.append("--mode exact|relax (read by crd)")
+                flag = "--mode" if name == "crd_mode" and "--crd_mode" not in args.given else f"--{name}"
+                unused.append(f"{flag} (read by {', '.join(users)})")
         if args.a is not None and args.a != 0 and not cls.needs_teacher:
             unused.append("-a (no teacher)")
         if args.b is not None and args.b != 0 and not cls.has_method_loss():
@@ -399,14 +412,24 @@ class RunContext:
         return self._loaders[key]
 
     def source(self, loader):
-        """The batch source the trainer reads: the loader, through SaliencyMix when asked."""
+        """The batch source the trainer reads: the loader, through SaliencyMix when asked, capped
+        at ``--steps_per_epoch`` steps when given."""
         if self.args.saliencymix > 0:
             from engine.saliency import SaliencyMix
 
-            return SaliencyMix(loader, p=self.args.saliencymix, variant=self.args.saliencymix_variant,
-                               num_classes=self.spec.num_classes, beta=self.args.saliencymix_beta,
-                               mean=self.spec.mean, std=self.spec.std)
+            loader = SaliencyMix(loader, p=self.args.saliencymix, variant=self.args.saliencymix_variant,
+                                 num_classes=self.spec.num_classes, beta=self.args.saliencymix_beta,
+                                 mean=self.spec.mean, std=self.spec.std)
+        if self.args.steps_per_epoch:
+            loader = FixedSteps(loader, self.args.steps_per_epoch)
         return loader
+
+    def fresh_stage(self) -> None:
+        """Reseed the global RNGs and every loader's shuffle order: each stage then sees the same
+        data order whether or not the stages before it ran in this process (resume)."""
+        seed_everything(self.args.seed)
+        for loader in self._loaders.values():
+            loader.generator.manual_seed(self.args.seed)
 
     def model(self, name: str) -> nn.Module:
         return get_model(name, num_classes=self.spec.num_classes, in_chans=self.spec.in_chans)
@@ -435,6 +458,7 @@ def teacher_stage(ctx: RunContext, name: str, save_dir: str, model: nn.Module) -
     a = ctx.args
 
     def build():
+        ctx.fresh_stage()
         cfg = train_config(a, save_dir)
         logger = RunLogger(save_dir, name=f"teacher-{name}")
         return Trainer(CrossEntropyObjective(model), ctx.source(ctx.train_loader()), ctx.test_loader, cfg,
@@ -469,6 +493,7 @@ def distill_stages(ctx: RunContext, method: str, student: nn.Module, teacher: Op
     init = d.init_stage(a.init_epochs) if a.init_epochs > 0 else None
     if init is not None:
         def build_init():
+            ctx.fresh_stage()
             folder = os.path.join(save_dir, "init")
             cfg = train_config(a, folder, epochs=init.epochs, lr=init.lr, schedule="constant")
             return Trainer(init.objective, ctx.source(loader), None, cfg, ctx.device,
@@ -476,9 +501,12 @@ def distill_stages(ctx: RunContext, method: str, student: nn.Module, teacher: Op
         stages.append(Stage(f"{label or method} {init.name}", build_init))
 
     def build_main():
+        ctx.fresh_stage()
         return Trainer(d, ctx.source(loader), ctx.test_loader, train_config(a, save_dir), ctx.device,
-                       RunLogger(save_dir, name=method), {**_plain(a), "method": method, "stage": "main"})
-    stages.append(Stage(label or method, build_main))
+                       RunLogger(save_dir, name=method),
+                       {**_plain(a), "method": method, "stage": "main", "weights": dataclasses.asdict(d.w),
+                        "T_used": d.T})
+    stages.append(Stage(label or method, build_main, after=lambda _metrics: d.remove_taps()))
     return stages
 
 
@@ -546,18 +574,26 @@ def run(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None, recipe
         if method in list_modes():
             get_mode(method).validate(ctx)
     teacher_stages = prepare_teacher(ctx)
-    if ctx.teacher is not None and not teacher_stages:
-        for method in args.methods:  # build once to validate taps/shapes/options before writing anything
-            if method not in list_modes() and get_distiller_class(method).needs_teacher:
-                build_distiller(ctx, method, ctx.model(args.student), ctx.teacher)
-    device, logger, resume = prepare_run(args, "kd")
+    for method in args.methods:  # build once to validate taps/shapes/options before writing anything
+        if method not in list_modes():
+            build_distiller(ctx, method, ctx.model(args.student), ctx.teacher).remove_taps()
+    if args.resume not in (None, "auto", "last"):
+        raise ValueError("kd/train.py resumes every stage from its own folder under --save_dir: pass --resume "
+                         f"without a path (and --save_dir <the run's folder>), not {args.resume!r}")
+    wants_resume = bool(args.resume)
+    args.resume = None  # each stage finds its own last.pt (run_stages)
+    device, logger, _ = prepare_run(args, "kd")
     ctx.logger = logger
-    args.resume = resume
+    args.resume = wants_resume
+    if wants_resume and not any(f == "last.pt" for _, _, files in os.walk(args.save_dir) for f in files):
+        logger.info(f"--resume: no checkpoint under {args.save_dir} yet; starting from the beginning")
+    resume = wants_resume
     if teacher_stages:
         logger.info(f"no checkpoint for teacher {args.teacher}: training it first ({args.recipe} recipe)")
         run_stages(teacher_stages, resume=bool(resume), log=logger.info)
         load_weights(ctx.teacher, ctx.teacher_path)
-    if ctx.teacher is not None:
+    if ctx.teacher is not None and any(m in list_modes() or get_distiller_class(m).needs_teacher
+                                       for m in args.methods):
         ctx.teacher_top1 = ctx.teacher_accuracy(ctx.teacher)
         logger.info(f"teacher {args.teacher} ({ctx.teacher_path}): test top1 {ctx.teacher_top1:.2f}")
     rows = []

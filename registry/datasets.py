@@ -177,6 +177,9 @@ def folder_transform(spec: DatasetSpec, train: bool):
     return T.Compose(ops + [T.ToTensor(), T.Normalize(spec.mean, spec.std)])
 
 
+_TENSOR_CACHE: "dict" = {}
+
+
 def get_dataset(
     name: str, split: str = "train", data_root: str = DEFAULT_DATA_ROOT, download: bool = True
 ) -> Union[TensorSplit, "torch.utils.data.Dataset"]:
@@ -203,6 +206,9 @@ def get_dataset(
             return _tiny_imagenet_val(root, tf)
         return ImageFolder(os.path.join(root, "train" if train else "val"), transform=tf)
 
+    key = (name, split, os.path.abspath(data_root))
+    if key in _TENSOR_CACHE:  # decoded and resized once per process (read-only afterwards)
+        return _TENSOR_CACHE[key]
     import torchvision.datasets as tvd
 
     if name in ("cifar10", "cifar100"):
@@ -220,4 +226,8 @@ def get_dataset(
         images, labels = _digits(train)
     else:  # pragma: no cover - every tensor spec is handled above
         raise KeyError(name)
-    return TensorSplit(_resize_u8(images, spec.image_size), labels, spec)
+    split_data = TensorSplit(_resize_u8(images, spec.image_size), labels, spec)
+    _TENSOR_CACHE[key] = split_data
+    while len(_TENSOR_CACHE) > 4:  # the most recent few splits (a sweep of runs reloads the same ones)
+        _TENSOR_CACHE.pop(next(iter(_TENSOR_CACHE)))
+    return split_data

@@ -52,11 +52,12 @@ def test_flags_the_method_does_not_use_are_named(tmp_path):
 
 
 def test_distiller_mode_list_runs_each_and_writes_one_table(tmp_path):
-    ckpt = digits_teacher_ckpt(tmp_path, layout="plain")
+    ckpt = digits_teacher_ckpt(tmp_path, arch="kc_resnet8", layout="plain")
     out = tmp_path / "kc"
     summary = kdtrain.run(kd_cli(out, "--teacher", "resnet8", "--teacher-checkpoint", ckpt,
                                  "--mode", "nokd", "KD", "--learning-rate", "0.05"))
     assert [r["method"] for r in summary["rows"]] == ["nokd", "kd"]
+    assert summary["rows"][1]["teacher"] == "kc_resnet8"  # Distiller's resnet8, not RepDistiller's
     assert summary["args"]["recipe"] == "distiller" and summary["args"]["kd_T"] == 5.0
     table = (out / "results.md").read_text()
     assert "nokd" in table and "| kd |" in table

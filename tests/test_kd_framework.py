@@ -82,6 +82,13 @@ def test_trainer_weights_the_losses_and_logs_each(tmp_path):
     assert stats["loss"] == pytest.approx(0.25 * stats["loss_ce"] + 0.75 * stats["loss_kd"], rel=1e-5)
 
 
+# options without a reference default, which a user must set (the triplet margin: reference-notes §3.18)
+REQUIRED_OPTIONS = {"triplet": {"triplet_margin": 1.0}}
+# losses against a memory the step itself rewrites (CRD's bank): descent at a fixed memory is
+# tested in tests/test_kd_losses_contrastive.py; here the loss must move
+NONSTATIONARY = {"crd"}
+
+
 def _all_methods():
     return list_distillers()
 
@@ -90,14 +97,17 @@ def _all_methods():
 def test_every_method_trains_a_few_steps_and_its_loss_moves(method):
     cls = get_distiller_class(method)
     info = tiny_info()
-    d = build(method, info=info)
+    d = build(method, info=info, **REQUIRED_OPTIONS.get(method, {}))
     batch = tiny_batch(info, with_index=cls.needs_index)
     losses = d(batch)
     assert losses, f"{method} returned no losses"
     assert all(torch.isfinite(v).all() for v in losses.values())
     totals = run_steps(d, batch, steps=6)
     assert all(map(torch.isfinite, map(torch.tensor, totals)))
-    assert totals[-1] < totals[0], f"{method}: loss {totals[0]:.4f} -> {totals[-1]:.4f} did not go down"
+    if method in NONSTATIONARY:
+        assert totals[-1] != totals[0], f"{method}: loss did not move"
+    else:
+        assert totals[-1] < totals[0], f"{method}: loss {totals[0]:.4f} -> {totals[-1]:.4f} did not go down"
 
 
 @pytest.mark.parametrize("method", _all_methods())

@@ -39,6 +39,15 @@ _RESNET_V2_50 = _taps((64, 32, 32), [(256, 32, 32), (512, 16, 16), (1024, 8, 8),
                       2048)
 # RD vgg.py: max-pool after blocks 0-2 only (the fourth pool is for 64x64 inputs)
 _VGG = _taps((64, 32, 32), [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)], 512)
+# Distiller (karanchahal) models/cifar10/resnet.py: stride-1 stem of 64 channels; ResNetSmall
+# stages 16/32/64 at strides 1, 2, 2, then AvgPool2d(4) on 8x8 flattened to 64*2*2 = 256;
+# ResNet stages 64..512 (x4 for Bottleneck) at strides 1, 2, 2, 2
+_KC_SMALL = _taps((64, 32, 32), [(16, 32, 32), (32, 16, 16), (64, 8, 8)], 256)
+_KC_RESNET = _RESNET_V2
+_KC_RESNET_BOTTLENECK = _RESNET_V2_50
+# Distiller models/cifar10/vgg.py: a 2x2 max-pool closes each of the five conv groups; the stem
+# and stage taps are the ReLUs in front of the pools
+_KC_VGG = _taps((64, 32, 32), [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 2, 2)], 512)
 # torchvision ResNet at 64x64: stem /4 after max-pool, stages /4 /8 /16 /32
 _TV_RESNET = _taps((64, 16, 16), [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)], 512)
 _TV_RESNET50 = _taps((64, 16, 16), [(256, 16, 16), (512, 8, 8), (1024, 4, 4), (2048, 2, 2)],
@@ -49,6 +58,15 @@ EXPECTED: Dict[str, Dict[str, Shape]] = {
     **{f"resnet{d}": _RESNET_THIN for d in (8, 14, 20, 32, 44, 56, 110)},
     "resnet8x4": _RESNET_WIDE,
     "resnet32x4": _RESNET_WIDE,
+    # akamaster option-A ResNets: RD resnet.py's stage shapes
+    **{f"resnet{d}_a": _RESNET_THIN for d in (20, 32, 44, 56, 110)},
+    **{f"kc_resnet{d}": _KC_SMALL for d in (8, 14, 20, 26, 32, 44, 56)},
+    **{f"kc_resnet{d}": _KC_RESNET for d in (10, 18, 34)},
+    "kc_resnet50": _KC_RESNET_BOTTLENECK,
+    **{f"kc_vgg{d}": _KC_VGG for d in (11, 13, 16, 19)},
+    # Distiller wide_resnet_ab.py: RD wrn.py's shapes under other module names
+    **{f"kc_wrn{d}_{k}": _wrn(k) for d, k in [(10, 1), (10, 4), (16, 1), (16, 2), (16, 4), (16, 8),
+                                             (22, 4), (22, 8), (28, 1), (28, 2), (40, 1), (40, 4)]},
     "resnet18": _RESNET_V2,
     "resnet34": _RESNET_V2,
     "resnet50": _RESNET_V2_50,
@@ -56,6 +74,8 @@ EXPECTED: Dict[str, Dict[str, Shape]] = {
     # RD mobilenetv2.py mobile_half: stride-2 stem of 16; groups 1, 2, 4, 6 give 12, 16, 48, 160
     # channels at strides 2, 4, 8, 16; head conv to 1280
     "mobilenetv2": _taps((16, 16, 16), [(12, 16, 16), (16, 8, 8), (48, 4, 4), (160, 2, 2)], 1280),
+    # mobile_full: width 1.0, so 32 / 24 / 32 / 96 / 320 channels
+    "mobile_full": _taps((32, 16, 16), [(24, 16, 16), (32, 8, 8), (96, 4, 4), (320, 2, 2)], 1280),
     # RD ShuffleNetv1.py: 1x1 stem of 24, stages 240/480/960 each opening with stride 2
     "shufflenetv1": _taps((24, 32, 32), [(240, 16, 16), (480, 8, 8), (960, 4, 4)], 960),
     # RD ShuffleNetv2.py (net_size 1): stem 24, stages 116/232/464, head conv to 1024
@@ -79,8 +99,8 @@ EXPECTED: Dict[str, Dict[str, Shape]] = {
 #   shuffle2 ShuffleNetV2: preactK is the unshuffled concatenation, stageK its shuffled ReLU
 #   linear   MobileNetV2 linear bottlenecks: RD returns the same tensor for both
 RELATION = {name: "relu" for name in EXPECTED}
-RELATION.update({n: "wrn" for n in EXPECTED if n.startswith("wrn")})
-RELATION.update({"shufflenetv2": "shuffle2", "mobilenetv2": "linear",
+RELATION.update({n: "wrn" for n in EXPECTED if n.startswith(("wrn", "kc_wrn"))})
+RELATION.update({"shufflenetv2": "shuffle2", "mobilenetv2": "linear", "mobile_full": "linear",
                  "mobilenetv2_imagenet": "linear"})
 
 
@@ -164,7 +184,7 @@ def test_stage_and_preact_taps(name):
         elif rel == "linear":
             assert torch.equal(stage, pre)
         else:  # wrn: RD's preact is the next BatchNorm applied to the raw stage output
-            bn = (model.bn1 if i == n else getattr(model, f"block{i + 1}").layer[0].bn1)
+            bn = (model.bn1 if i == n else getattr(model, model.stage_names[i]).layer[0].bn1)
             with torch.no_grad():
                 assert torch.allclose(pre, bn(stage), atol=1e-6)
             assert not torch.equal(stage, torch.relu(stage)), "WRN stage outputs are raw sums"
@@ -195,7 +215,24 @@ PARAMS_100 = {
 # 75 + 600 + 12000 + 2*(3+8+60) + 2562 + 2*42 + 430 = 15893.
 PARAMS_10 = {"lenet5": 61706, "lenet5_half": 15738, "lenet5_bn": 62016,
              "lenet5_half_bn": 15893}
+# 10 classes, Distiller: the "# params:" comments of its models/model_factory.py (resnet20 there
+# carries a copy-paste error; 283754 and ResNet-26's 380970 are from its README table).
+PARAMS_10.update({
+    "kc_wrn10_4": 1198810, "kc_wrn16_1": 175066, "kc_wrn16_2": 691674, "kc_wrn16_4": 2748890,
+    "kc_wrn16_8": 10961370, "kc_wrn28_2": 1467610, "kc_wrn22_4": 4298970,
+    "kc_wrn22_8": 17158106, "kc_wrn28_1": 369498, "kc_wrn10_1": 77850, "kc_wrn40_1": 563930,
+    "kc_wrn40_4": 8949210,
+    "resnet8": 78042, "resnet14": 175258, "resnet20": 272474, "resnet32": 466906,  # *_sm
+    "resnet44": 661338, "resnet56": 855770, "resnet110": 1730714,
+    "kc_resnet8": 89322, "kc_resnet20": 283754, "kc_resnet26": 380970, "kc_resnet10": 4903242,
+    "kc_resnet18": 11173962, "kc_resnet34": 21282122, "kc_resnet50": 23520842,
+    "kc_vgg11": 9231114, "kc_vgg13": 9416010, "kc_vgg16": 14728266, "kc_vgg19": 20040522,
+    # akamaster ResNet-20 by hand: stem 432+32, stage1 3*(2*2304+64), stage2 (4608+9216+128)
+    # + 2*(2*9216+128), stage3 (18432+36864+256) + 2*(2*36864+256), linear 650 = 269722
+    "resnet20_a": 269722,
+})
 # 1000 classes: torchvision's published sizes (torchvision.models documentation).
+# (Distiller's *_v names are these nets: its factory lists resnet18_v 11181642 at 10 classes.)
 PARAMS_1000 = {"resnet18_imagenet": 11689512, "resnet34_imagenet": 21797672,
                "resnet50_imagenet": 25557032, "mobilenetv2_imagenet": 3504872}
 
@@ -241,17 +278,23 @@ ALIASES = {
     "MobileNetV2": "mobilenetv2", "mobile_half": "mobilenetv2",
     "ShuffleV1": "shufflenetv1", "ShuffleV2": "shufflenetv2",
     "LeNet5": "lenet5", "LeNet5Half": "lenet5_half",
+    # Distiller (karanchahal) spellings
+    **{f"WRN{d}_{k}": f"kc_wrn{d}_{k}" for d, k in [(10, 1), (10, 4), (16, 1), (16, 2), (16, 4),
+                                                   (16, 8), (22, 4), (22, 8), (28, 1), (28, 2),
+                                                   (40, 1), (40, 4)]},
+    "resnet10": "kc_resnet10", "resnet26": "kc_resnet26",
+    **{f"resnet{d}_sm": f"resnet{d}" for d in (8, 14, 20, 32, 44, 56, 110)},
+    **{f"resnet{d}_v": f"resnet{d}_imagenet" for d in (18, 34, 50)},
 }
-# Keys of Fast-Datafree's registry.py MODEL_DICT / IMAGENET_MODEL_DICT and RD's model_dict
-# (all but mobile_full, which neither paper's tables use).
+# Keys of Fast-Datafree's registry.py MODEL_DICT / IMAGENET_MODEL_DICT and RD's model_dict.
 FD_NAMES = ["wrn16_1", "wrn16_2", "wrn40_1", "wrn40_2", "resnet8", "resnet20", "resnet32",
             "resnet56", "resnet110", "resnet8x4", "resnet32x4", "vgg8", "vgg11", "vgg13",
             "shufflenetv2", "mobilenetv2", "resnet50", "resnet18", "resnet34",
             "resnet50_imagenet", "resnet18_imagenet", "mobilenetv2_imagenet"]
 RD_NAMES = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
             "resnet8x4", "resnet32x4", "ResNet50", "wrn_16_1", "wrn_16_2", "wrn_40_1",
-            "wrn_40_2", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "mobile_half", "ShuffleV1",
-            "ShuffleV2"]
+            "wrn_40_2", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "mobile_half", "mobile_full",
+            "MobileNetV2", "ShuffleV1", "ShuffleV2"]
 
 
 def test_alias_table_is_complete():

@@ -10,7 +10,7 @@ from datafree.fast_meta import copy_weights
 from engine.data import FixedSteps
 from engine.trainer import TrainConfig, Trainer
 from engine.utils import optimizer_impl
-from kd.distillers import KD
+from kd.distillers import KD, Weights
 from tests.test_datafree_methods import TinyBNNet, make
 
 DEV = torch.device("cpu")
@@ -29,7 +29,8 @@ def _kd_trainer(tmp_path, name, **cfg):
     teacher, student = TinyBNNet().eval(), TinyBNNet(width=4)
     batches = [torch.randn(8, 1, 8, 8) for _ in range(4)]
     config = TrainConfig(epochs=1, lr=0.1, save_dir=str(tmp_path / name), progress=False, **cfg)
-    return Trainer(KD(student, teacher, T=4.0, alpha=1.0, gamma=0.0), FixedSteps(batches, 4), None, config, DEV)
+    objective = KD(student, teacher, T=4.0, weights=Weights(r=0.0, a=1.0))
+    return Trainer(objective, FixedSteps(batches, 4), None, config, DEV)
 
 
 def test_fused_and_loop_sgd_train_the_same_weights(tmp_path):
@@ -96,7 +97,7 @@ def test_kd_step_runs_the_teacher_once_and_hooks_stay_off(tmp_path):
     bn_losses = [h.loss for h in s.bn_loss.hooks]
     means = dict(s._means)
     n = count_calls(s.teacher)
-    trainer = Trainer(KD(s.student, s.teacher, T=4.0, alpha=1.0, gamma=0.0),
+    trainer = Trainer(KD(s.student, s.teacher, T=4.0, weights=Weights(r=0.0, a=1.0)),
                       FixedSteps([s.sample(6) for _ in range(3)], 3), None,
                       TrainConfig(epochs=1, save_dir=str(tmp_path), progress=False), DEV)
     trainer.train_one_epoch(0)

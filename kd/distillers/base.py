@@ -301,6 +301,12 @@ class Distiller(Objective):
             losses.update(self.method_losses(out))
         return losses
 
+    def remove_taps(self) -> None:
+        """Detach this distiller's forward hooks from both nets (they may be reused elsewhere)."""
+        for hooks in (self.s_hooks, self.t_hooks):
+            if hooks is not None:
+                hooks.remove()
+
     def init_stage(self, epochs: int) -> Optional[InitStage]:
         """The method's initialisation stage of ``epochs`` epochs, if it has one."""
         return None

@@ -4,7 +4,9 @@ He et al., "Deep Residual Learning for Image Recognition", CVPR 2016; Sandler et
 "MobileNetV2: Inverted Residuals and Linear Bottlenecks", CVPR 2018. Built with
 ``torchvision.models.X(weights=None, num_classes=...)`` (nothing is downloaded; load
 weights with ``engine.checkpoint.load_weights``), as Fast-Datafree's ``*_imagenet`` models
-(its ``classifiers/resnet_in.py`` is torchvision's ResNet, so its checkpoints load).
+(its ``classifiers/resnet_in.py`` is torchvision's ResNet, so its checkpoints load). Distiller's
+``models/vision/resnet.py`` is torchvision's ResNet too: its factory names ``resnet18_v``,
+``resnet34_v``, ``resnet50_v`` are aliases of the ResNets here.
 
 Deliberate deviations: with ``in_chans != 3`` the stem conv is replaced (same shape
 otherwise, torchvision's He fan-out init); the ReLU of each stage's last residual block is
@@ -51,19 +53,19 @@ def _resnet(builder: Callable[..., nn.Module], num_classes: int, in_chans: int) 
     return model
 
 
-@register_model("resnet18_imagenet")
+@register_model("resnet18_imagenet", "resnet18_v")
 def resnet18_imagenet(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
     """torchvision ResNet-18."""
     return _resnet(torchvision.models.resnet18, num_classes, in_chans)
 
 
-@register_model("resnet34_imagenet")
+@register_model("resnet34_imagenet", "resnet34_v")
 def resnet34_imagenet(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
     """torchvision ResNet-34."""
     return _resnet(torchvision.models.resnet34, num_classes, in_chans)
 
 
-@register_model("resnet50_imagenet")
+@register_model("resnet50_imagenet", "resnet50_v")
 def resnet50_imagenet(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
     """torchvision ResNet-50."""
     return _resnet(torchvision.models.resnet50, num_classes, in_chans)

@@ -1,4 +1,5 @@
-"""MobileNetV2 for 32x32 inputs, RepDistiller's ``mobile_half`` (expansion 6, width 0.5).
+"""MobileNetV2 for 32x32 inputs, RepDistiller's ``mobile_half`` (expansion 6, width 0.5) and
+``mobile_full`` (width 1.0).
 
 Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks", CVPR 2018.
 Architecture as in RepDistiller ``models/mobilenetv2.py``: stride-2 3x3 stem conv-BN-ReLU
@@ -8,9 +9,14 @@ with ``int(c*w)`` channels (the expansion 1x1 conv is kept even when t = 1), a 1
 1280 channels, global average pooling, ``classifier = Sequential(Linear)``; He fan-out conv
 init, Linear N(0, 0.01). Module names match the reference, so its checkpoints load unchanged.
 
+``mobile_full``: RepDistiller's later ``models/__init__.py`` lists it beside ``mobile_half``; the
+stored copy of its ``mobilenetv2.py`` predates it, so its definition is taken to be the same
+builder at width 1.0 (stem 32 channels, head 1280), by analogy with ``mobile_half = (6, 0.5)``.
+
 Not the Fast-Datafree ``mobilenetv2`` (torchvision's width-1.0 net): the registry name
-``mobilenetv2`` means RepDistiller's CIFAR net; the torchvision one is
-``mobilenetv2_imagenet``.
+``mobilenetv2`` means RepDistiller's CIFAR net; a Fast-Datafree ``cifar*_mobilenetv2.pth``
+(its ``classifiers/mobilenetv2.py`` is torchvision's layout: ``features.*``, ``classifier.1``)
+loads into ``mobilenetv2_imagenet``.
 
 Deliberate deviation: adaptive average pooling instead of ``AvgPool2d(2, ceil_mode=True)``
 (identical at 32x32).
@@ -93,3 +99,9 @@ class MobileNetV2(nn.Module):
 def mobilenetv2(num_classes: int = 10, in_chans: int = 3) -> nn.Module:
     """RepDistiller ``mobile_half``: MobileNetV2, expansion 6, width 0.5."""
     return MobileNetV2(6, 0.5, num_classes, in_chans)
+
+
+@register_model("mobile_full")
+def mobile_full(num_classes: int = 10, in_chans: int = 3) -> nn.Module:
+    """RepDistiller ``mobile_full``: the same MobileNetV2 at width 1.0 (expansion 6)."""
+    return MobileNetV2(6, 1.0, num_classes, in_chans)

@@ -6,6 +6,10 @@ He et al., "Deep Residual Learning for Image Recognition", CVPR 2016 (section 4.
 ``BasicBlock``s with widths 16, 32, 64 (x4 variants: stem 32, stages 64, 128, 256), strides
 1, 2, 2, 1x1-conv+BN projection shortcuts, global average pooling, ``fc``; Kaiming fan-out
 init. Module names follow the reference (``downsample``), so its checkpoints load unchanged.
+Distiller (karanchahal/distiller ``models/cifar10sm/resnet.py``, factory names ``resnet8_sm`` ..
+``resnet110_sm``) has the same layout and function, so those names are aliases here
+(Distiller's plain ``resnet8`` etc. are different networks: ``kc_resnet8`` in
+:mod:`registry.models.distiller_cifar`).
 
 Deliberate deviations: each block ends in a named non-inplace ``act`` ReLU (the reference
 calls ``F.relu``) so hooks can read the pre-activation; adaptive average pooling instead of
@@ -61,8 +65,8 @@ _THIN = (16, 16, 32, 64)
 _WIDE = (32, 64, 128, 256)
 
 
-def _register(name: str, depth: int, widths: Sequence[int]) -> None:
-    @register_model(name)
+def _register(name: str, depth: int, widths: Sequence[int], *aliases: str) -> None:
+    @register_model(name, *aliases)
     def factory(num_classes: int = 10, in_chans: int = 3) -> nn.Module:
         return CifarResNet(depth, widths, num_classes, in_chans)
 
@@ -71,6 +75,6 @@ def _register(name: str, depth: int, widths: Sequence[int]) -> None:
 
 
 for _d in (8, 14, 20, 32, 44, 56, 110):
-    _register(f"resnet{_d}", _d, _THIN)
+    _register(f"resnet{_d}", _d, _THIN, f"resnet{_d}_sm")
 _register("resnet8x4", 8, _WIDE)
 _register("resnet32x4", 32, _WIDE)

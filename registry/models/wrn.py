@@ -1,4 +1,4 @@
-"""Wide Residual Networks for 32x32 inputs (WRN-16-1, 16-2, 40-1, 40-2, 28-4).
+"""Wide Residual Networks for 32x32 inputs (WRN-16-1, 16-2, 40-1, 40-2, 28-4; Distiller's WRN*).
 
 Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016. Architecture as in
 RepDistiller ``models/wrn.py`` (identical in Fast-Datafree ``classifiers/wresnet.py``):
@@ -13,6 +13,13 @@ Deliberate deviations:
 * global *adaptive* average pooling instead of ``avg_pool2d(8)`` (same result at 32x32, and
   other input sizes work);
 * WRN-28-4 is not in RepDistiller; it is the same class at depth 28, width 4.
+
+Distiller (karanchahal/distiller ``models/wide_resnet/wide_resnet_ab.py``, the ``WRN*`` entries of
+``models/model_factory.py``) builds the same network under other module names: stages
+``layer1..3`` and head ``linear``. Those are registered as ``kc_wrn{depth}_{k}`` with
+Distiller's spelling ``WRN{depth}_{k}`` as alias (WRN10_1, 10_4, 16_1, 16_2, 16_4, 16_8, 22_4,
+22_8, 28_1, 28_2, 40_1, 40_4), so Distiller checkpoints load unchanged; ``wrn16_2`` and
+``WRN16_2`` are therefore the same function with different state-dict names.
 
 Taps reproduce RepDistiller's ``forward(is_feat=True, preact=...)``: ``stem`` is the first
 conv, ``stageK`` the raw output of stage K (a residual sum: WRN is pre-activation, so stage
@@ -67,6 +74,12 @@ class WideStage(nn.Module):
 
 
 class WideResNet(nn.Module):
+    """RepDistiller's module names: stages ``block1..3``, head ``fc``. Subclasses rename them
+    through ``stage_names`` / ``head_name`` (parameter-free renames: same function)."""
+
+    stage_names = ("block1", "block2", "block3")
+    head_name = "fc"
+
     def __init__(self, depth: int, widen_factor: int, num_classes: int = 10, in_chans: int = 3,
                  drop_rate: float = 0.0):
         super().__init__()
@@ -75,22 +88,33 @@ class WideResNet(nn.Module):
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = conv3x3(in_chans, widths[0])
-        self.block1 = WideStage(n, widths[0], widths[1], 1, drop_rate)
-        self.block2 = WideStage(n, widths[1], widths[2], 2, drop_rate)
-        self.block3 = WideStage(n, widths[2], widths[3], 2, drop_rate)
+        for i, name in enumerate(self.stage_names):
+            setattr(self, name, WideStage(n, widths[i], widths[i + 1], 1 if i == 0 else 2,
+                                          drop_rate))
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.relu = nn.ReLU()  # tapped (preact3)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(widths[3], num_classes)
+        setattr(self, self.head_name, nn.Linear(widths[3], num_classes))
         init_weights(self)
+        s1, s2, s3 = self.stage_names
         self.feature_taps = make_taps(
-            "conv1", ["block1", "block2", "block3"],
-            ["block2.layer.0.relu1:in", "block3.layer.0.relu1:in", "relu:in"], "fc:in")
+            "conv1", [s1, s2, s3],
+            [f"{s2}.layer.0.relu1:in", f"{s3}.layer.0.relu1:in", "relu:in"], f"{self.head_name}:in")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.block3(self.block2(self.block1(self.conv1(x))))
+        x = self.conv1(x)
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
         x = self.avgpool(self.relu(self.bn1(x))).flatten(1)
-        return self.fc(x)
+        return getattr(self, self.head_name)(x)
+
+
+class DistillerWideResNet(WideResNet):
+    """Distiller's (karanchahal) ``models/wide_resnet/wide_resnet_ab.py`` names: stages
+    ``layer1..3`` (each holding ``.layer``), head ``linear``; the computation is RepDistiller's."""
+
+    stage_names = ("layer1", "layer2", "layer3")
+    head_name = "linear"
 
 
 def _register(depth: int, k: int) -> None:
@@ -102,5 +126,18 @@ def _register(depth: int, k: int) -> None:
     factory.__doc__ = f"WRN-{depth}-{k} (RepDistiller wrn.py)."
 
 
+def _register_distiller(depth: int, k: int) -> None:
+    @register_model(f"kc_wrn{depth}_{k}", f"WRN{depth}_{k}")
+    def factory(num_classes: int = 10, in_chans: int = 3, **kw) -> nn.Module:
+        return DistillerWideResNet(depth, k, num_classes, in_chans, **kw)
+
+    factory.__name__ = f"kc_wrn{depth}_{k}"
+    factory.__doc__ = f"WRN-{depth}-{k} in Distiller's layout (wide_resnet_ab.py WRN{depth}_{k})."
+
+
 for _depth, _k in [(16, 1), (16, 2), (40, 1), (40, 2), (28, 4)]:
     _register(_depth, _k)
+# Distiller's models/model_factory.py WRN entries
+for _depth, _k in [(10, 1), (10, 4), (16, 1), (16, 2), (16, 4), (16, 8), (22, 4), (22, 8),
+                   (28, 1), (28, 2), (40, 1), (40, 4)]:
+    _register_distiller(_depth, _k)
