@@ -14,7 +14,8 @@ clock starts, the method's default weights and options):
   augmented views: those overriding ``forward``) run that step in the bare loop, so their ratio
   is the trainer's overhead alone.
 
-Each figure is the median of ``--repeats`` windows of ``--steps`` steps after ``--warmup`` steps,
+Both sides step SGD (momentum 0.9, weight decay 5e-4, the engine's kernel) at lr 0, so the
+weights stay as built and every window times the same work. Each figure is the median of ``--repeats`` windows of ``--steps`` steps after ``--warmup`` steps,
 engine and bare windows alternated; every window synchronises the device. Reported: ms per step
 and images/s for both, and engine/bare (the goal is <= 1.10 for every method).
 
@@ -46,21 +47,37 @@ from kd.losses import kd_kl_div
 from registry.datasets import dataset_spec
 from registry.models import get_model
 
+# The optimiser runs its full update at lr 0 (same kernels, same arithmetic), so the weights stay
+# put: an untrained pair on random pixels would otherwise drive some losses (CC's unbounded
+# products, CRD's shifting memory) to overflow within a few windows, which says nothing about speed.
+LR = 0.0
 # options a method needs to be built at all (no reference default exists)
 BENCH_OPTIONS: Dict[str, dict] = {"triplet": {"triplet_margin": 0.2}}
+
+
+@torch.no_grad()
+def calibrated(model, info: DataInfo, device):
+    """An untrained network whose BatchNorm running statistics are those of the benchmark's
+    inputs (a few train-mode forwards), so its eval-mode features have a trained net's scale
+    instead of growing with depth; then in eval mode."""
+    g = torch.Generator().manual_seed(1)
+    model.train()
+    for _ in range(3):
+        model(torch.randn(32, info.in_chans, info.image_size, info.image_size, generator=g).to(device))
+    return model.eval()
 
 
 def make_distiller(method: str, teacher_name: str, student_name: str, info: DataInfo, device, tmp: str) -> Distiller:
     """The method with its default weights and options on a fresh pair (same seed every time)."""
     cls = get_distiller_class(method)
     seed_everything(0)
-    teacher = get_model(teacher_name, num_classes=info.num_classes).to(device).eval()
+    teacher = calibrated(get_model(teacher_name, num_classes=info.num_classes).to(device), info, device)
     student = get_model(student_name, num_classes=info.num_classes).to(device)
     opts = dict(BENCH_OPTIONS.get(method, {}))
     names = {f.name for f in dataclasses.fields(cls.Options)}
     if "extra_teachers" in names:  # multiteacher: a second (random) teacher saved to disk
         path = os.path.join(tmp, f"{teacher_name}.pth")
-        torch.save(get_model(teacher_name, num_classes=info.num_classes).state_dict(), path)
+        torch.save(calibrated(get_model(teacher_name, num_classes=info.num_classes), info, "cpu").state_dict(), path)
         opts["extra_teachers"] = [f"{teacher_name}={path}"]
     d = cls(student, teacher if cls.needs_teacher else None, info, T=4.0, options=cls.Options(**opts))
     return d.to(device)
@@ -95,23 +112,35 @@ def bare_step_fn(d: Distiller, opt):
             hooks.remove()
     s_taps, t_taps = BareTaps(d.student, s_specs), (BareTaps(d.teacher, t_specs) if d.teacher is not None else None)
     r, a, b, T = d.w.r, d.w.a, d.w.b, d.T
+    uses_teacher = d.runs_teacher()  # e.g. AB's and FSP's main stage at -a 0 need no teacher
+    b = b if d.has_main_loss() else 0.0
+    # a method's own teacher forward (OFD's BN guard) or CE/KD terms (multiteacher's several
+    # teachers) are part of its work: the bare loop calls them too
+    own_teacher = type(d).teacher_forward is not Distiller.teacher_forward
+    own_base = type(d).base_losses is not Distiller.base_losses
 
     def step(batch):
         x, y = batch[0], batch[1]
         idx = batch[2] if len(batch) > 2 else None
         t_logits = None
-        if d.teacher is not None:
+        if uses_teacher and own_teacher:
+            t_logits = d.teacher_forward(x)[0]
+        elif uses_teacher:
             with torch.no_grad():
                 t_logits = d.teacher(x)
         s_logits = d.student(x)
+        out = Outputs(x, y, idx, s_logits, t_logits, s_taps.store, t_taps.store if t_taps else {},
+                      d.s_groups, d.t_groups)
         loss = s_logits.new_zeros(())
-        if r:
-            loss = loss + r * F.cross_entropy(s_logits, y)
-        if a and t_logits is not None:
-            loss = loss + a * kd_kl_div(s_logits, t_logits, T)
+        if own_base:
+            for k, v in d.base_losses(out).items():
+                loss = loss + d.loss_weight(k) * v
+        else:
+            if r:
+                loss = loss + r * F.cross_entropy(s_logits, y)
+            if a and t_logits is not None:
+                loss = loss + a * kd_kl_div(s_logits, t_logits, T)
         if b:
-            out = Outputs(x, y, idx, s_logits, t_logits, s_taps.store, t_taps.store if t_taps else {},
-                          d.s_groups, d.t_groups)
             for v in d.method_losses(out).values():
                 loss = loss + b * v
         opt.zero_grad(set_to_none=True)
@@ -145,11 +174,11 @@ def measure(method: str, args, device, info: DataInfo, tmp: str) -> dict:
     batches = make_batches(info, args.batch, args.steps, device, cls.needs_index)
     bare_d = make_distiller(method, args.teacher, args.student, info, device, tmp).freeze()
     bare_d.train()
-    opt = torch.optim.SGD(list(bare_d.trainable_parameters()), lr=0.01, momentum=0.9, weight_decay=5e-4,
+    opt = torch.optim.SGD(list(bare_d.trainable_parameters()), lr=LR, momentum=0.9, weight_decay=5e-4,
                           **optimizer_impl("auto", device))
     bare = bare_step_fn(bare_d, opt)
     engine_d = make_distiller(method, args.teacher, args.student, info, device, tmp)
-    cfg = TrainConfig(epochs=1, lr=0.01, weight_decay=5e-4, schedule="constant", save_dir=tmp, progress=False,
+    cfg = TrainConfig(epochs=1, lr=LR, weight_decay=5e-4, schedule="constant", save_dir=tmp, progress=False,
                       log_every=10 ** 9, amp="off")
     source = FixedSteps(batches, args.warmup)
     trainer = Trainer(engine_d, source, None, cfg, device)

@@ -285,8 +285,14 @@ class Trainer:
         t0 = time.perf_counter()
         for batch in self.source:
             batch = _to_device(batch, self.device, self.channels_last)
-            with amp_ctx:
-                losses = self.step_forward(batch)
+            try:
+                with amp_ctx:
+                    losses = self.step_forward(batch)
+            except torch.linalg.LinAlgError as e:  # e.g. an SVD of features that are no longer finite
+                bar.close()
+                if not self._weights_finite():
+                    raise self._diverged("weights are no longer finite", epoch, steps) from e
+                raise
             loss = sum(v * weight(k) for k, v in losses.items()) if weighted else sum(losses.values())
             opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()

@@ -40,7 +40,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from engine.checkpoint import load_weights  # noqa: E402
@@ -516,7 +515,7 @@ def run_method(ctx: RunContext, method: str, save_dir: str) -> dict:
     if method in list_modes():
         return get_mode(method).run(ctx, save_dir)
     cls = get_distiller_class(method)
-    teacher, t_path, t_acc = ctx.teacher, ctx.teacher_path, ctx.teacher_top1
+    teacher, t_acc = ctx.teacher, ctx.teacher_top1
     student = ctx.model(a.student)
     if a.s_init:
         load_weights(student, a.s_init)

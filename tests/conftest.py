@@ -23,3 +23,14 @@ def shared_data():
     if not has_mnist():
         pytest.skip("../shared/data/MNIST is not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of tiny tensors, where threads only add overhead (far more
+    on a busy shared CPU); the previous setting is restored afterwards. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -161,6 +161,27 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
+class SVDObjective(ExplodingObjective):
+    """A NaN loss after ``after`` steps (which makes the weights NaN), then an SVD of the
+    features: the SVD raises LinAlgError on non-finite input, as KDSVD's would."""
+
+    def forward(self, batch):
+        losses = super().forward(batch)
+        if self.calls > self.after + 1:
+            torch.linalg.svd(self.student.conv.weight.flatten(1))
+        return losses
+
+
+def test_an_svd_of_diverged_weights_stops_as_divergence_not_a_traceback(tmp_path):
+    seed_everything(0)
+    tr, te = small_digits()
+    dev = torch.device("cpu")
+    cfg = TrainConfig(epochs=2, lr=0.1, save_dir=str(tmp_path), progress=False, log_every=1000)
+    t = Trainer(SVDObjective(TinyNet(), after=2), TensorLoader(tr, 32, True, dev), None, cfg, dev)
+    with pytest.raises(DivergenceError, match="no longer finite"):
+        t.fit()
+
+
 def test_cosine_schedule_starts_after_sched_start(tmp_path):
     t = make_trainer(tmp_path, epochs=4, schedule="cosine", sched_start_epoch=2)
     m = t.fit()

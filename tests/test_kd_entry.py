@@ -3,7 +3,6 @@ import json
 import os
 import warnings
 
-import pytest
 
 from kdtools import digits_teacher_ckpt, kd_cli
 from kd import train as kdtrain

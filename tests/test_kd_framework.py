@@ -116,3 +116,40 @@ def test_every_method_declares_valid_options_with_help(method):
     assert issubclass(cls, Distiller)
     for f in dataclasses.fields(cls.Options):
         assert f.metadata.get("help"), f"{method}: option {f.name} has no help text"
+
+
+def test_a_torchvision_model_is_a_teacher_unchanged_when_its_taps_are_named():
+    import torchvision
+
+    teacher = torchvision.models.resnet18(num_classes=10).eval()
+    taps = {"stage1": "layer1", "stage2": "layer2", "stage3": "layer3", "stage4": "layer4", "pool": "fc:in"}
+    _, student = tiny_pair()
+    info = tiny_info()
+    d = get_distiller_class("at")(student, teacher, info, t_taps=taps)
+    assert d.t_shape("stages")[0][1:] == torch.Size([64, 8, 8])  # torchvision's stem downsamples 4x
+    losses = d(tiny_batch(info))
+    assert set(losses) == {"ce", "at"} and losses["at"] > 0
+    with pytest.raises(ValueError, match="declares no feature_taps"):
+        get_distiller_class("at")(student, teacher, info)
+
+
+# torchvision's tensor equalize (inside AutoAugment) reads a value back per image and channel
+READS_BACK = {"uda"}
+
+
+@pytest.mark.parametrize("method", [m for m in _all_methods() if m not in READS_BACK])
+def test_a_training_step_reads_nothing_back_from_the_device(monkeypatch, method):
+    from test_speed_paths import count_readbacks
+
+    cls = get_distiller_class(method)
+    info = tiny_info()
+    d = build(method, info=info, **REQUIRED_OPTIONS.get(method, {}))
+    d.freeze().train()
+    batch = tiny_batch(info, with_index=cls.needs_index)
+    d(batch)  # first call may set up lazily
+
+    def step():
+        losses = d(batch)
+        sum(v * d.loss_weight(k) for k, v in losses.items()).backward()
+
+    assert count_readbacks(monkeypatch, step) == 0

@@ -18,13 +18,7 @@ from kd.distillers.svd import align_singular_vectors, svd_loss, top_singular
 from kd.distillers.vid import VIDRegressor, vid_loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster (and far faster on a loaded machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randn(*shape, seed=0):
@@ -375,3 +369,35 @@ def test_distiller_wires_its_taps_to_the_loss(name, fn):
     t = [d.t_hooks.features[n] for n in d.t_groups[group]]
     assert list(losses) == [name]
     assert losses[name].item() == pytest.approx(sum(fn(a, c) for a, c in zip(s, t)).item(), rel=1e-5)
+
+
+def test_svd_gradient_stays_finite_where_singular_values_repeat():
+    """Dead channels give repeated zero singular values, where torch's SVD backward is Inf/NaN."""
+    def maps():
+        g = torch.Generator().manual_seed(0)
+        f1, f2 = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 2, 2, generator=g)
+        f1[:, 2:] = 0  # two dead channels
+        t1, t2 = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 2, 2, generator=g)
+        return f1.requires_grad_(True), f2.requires_grad_(True), t1, t2
+
+    f1, f2, t1, t2 = maps()
+    svd_loss([f1, f2], [t1, t2], 1).backward()
+    assert torch.isfinite(f1.grad).all() and torch.isfinite(f2.grad).all() and f1.grad.abs().sum() > 0
+    a = f1.detach().flatten(2).transpose(1, 2).requires_grad_(True)  # the full SVD backward on the same map
+    torch.linalg.svd(a, full_matrices=False)[2][:, :4].sum().backward()
+    assert not torch.isfinite(a.grad).all()  # the case really is degenerate for torch's own backward
+
+
+def test_svd_vector_gradient_equals_torchs_where_that_is_finite():
+    from kd.distillers.svd import _LeadingRightSingularVectors
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(3, 9, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 5, 2, generator=g, dtype=torch.float64)
+
+    def sign_free(v):  # invariant to each vector's sign, as the loss is after alignment
+        return ((v * w).sum(1) ** 2).sum()
+
+    ours, = torch.autograd.grad(sign_free(_LeadingRightSingularVectors.apply(a, 2)), a)
+    ref, = torch.autograd.grad(sign_free(torch.linalg.svd(a, full_matrices=False)[2].transpose(1, 2)[:, :, :2]), a)
+    assert torch.allclose(ours, ref, atol=1e-10)

@@ -12,21 +12,15 @@ from kdtools import build, digits_teacher_ckpt, kd_cli, tiny_batch, tiny_info
 from kd import train as kdtrain
 from kd.distillers import InitStage, Weights
 from kd.distillers._modules import ConvReg
-from kd.distillers.ab import Connector, ab_layer_weights, ab_loss, student_feature_modules
+from kd.distillers._modules import student_feature_modules
+from kd.distillers.ab import Connector, ab_layer_weights, ab_loss
 from kd.distillers.fsp import fsp_loss, fsp_matrix
 from kd.distillers.ft import Paraphraser, Translator, ft_loss, paraphraser_loss
 from kd.distillers.hint import hint_loss
 from registry.models import get_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models and batches are so small that intra-op threads only add overhead (about 10x
-    on a loaded 2-core machine); the previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rand(*shape, seed=0):

@@ -17,13 +17,7 @@ CIFAR = dataset_spec("cifar100")
 MEAN, STD = np.array(CIFAR.mean).reshape(3, 1, 1), np.array(CIFAR.std).reshape(3, 1, 1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def normalise(pixels: np.ndarray) -> torch.Tensor:

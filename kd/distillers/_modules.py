@@ -6,14 +6,18 @@
   ``1 + s - t``; then BatchNorm and (optionally) ReLU.
 * :class:`Embed`: flatten, Linear, L2-normalise (CRD's and MLKD's embedding heads).
 * :class:`LinearEmbed`: flatten, Linear (CC's embedding).
+* :func:`student_feature_modules`: RepDistiller's ``get_feat_modules()`` for any tapped model
+  (what the init stages of AB, FSP and the paper's FitNet train).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from engine.hooks import parse_tap
 
 
 class ConvReg(nn.Module):
@@ -53,3 +57,35 @@ class LinearEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x.flatten(1))
+
+
+def classifier_path(model: nn.Module) -> Optional[str]:
+    """Dotted name of the model's classifier: the module whose input is the ``pool`` tap, else
+    the last ``nn.Linear``; ``None`` when there is neither."""
+    taps = getattr(model, "feature_taps", None)
+    if taps and "pool" in taps:
+        path, side = parse_tap(taps["pool"])
+        if side == "in" and path:
+            return path
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def student_feature_modules(model: nn.Module) -> nn.ModuleList:
+    """Every top-most sub-module of ``model`` that does not contain its classifier (RD's
+    ``get_feat_modules()``): what an init stage on features trains."""
+    head = classifier_path(model)
+    if head is None:
+        return nn.ModuleList([model])
+
+    def keep(module: nn.Module, prefix: str) -> Iterable[nn.Module]:
+        for name, child in module.named_children():
+            path = prefix + name
+            if path == head:
+                continue
+            if head.startswith(path + "."):
+                yield from keep(child, path + ".")
+            else:
+                yield child
+
+    return nn.ModuleList(list(keep(model, "")))

@@ -34,45 +34,12 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from engine.hooks import parse_tap
-from kd.distillers._modules import ConvReg
+from kd.distillers._modules import ConvReg, student_feature_modules
 from kd.distillers.base import Distiller, InitStage, StageObjective, Weights, option
 from kd.distillers.registry import register_distiller
 
 
 # ------------------------------------------------------------------ shared with fsp.py / hint.py
-def classifier_path(model: nn.Module) -> Optional[str]:
-    """Dotted name of the model's classifier: the module whose input is the ``pool`` tap, else
-    the last ``nn.Linear``; ``None`` when there is neither."""
-    taps = getattr(model, "feature_taps", None)
-    if taps and "pool" in taps:
-        path, side = parse_tap(taps["pool"])
-        if side == "in" and path:
-            return path
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
-
-
-def student_feature_modules(model: nn.Module) -> nn.ModuleList:
-    """Every top-most sub-module of ``model`` that does not contain its classifier (RD's
-    ``get_feat_modules()``): what an init stage on features trains."""
-    head = classifier_path(model)
-    if head is None:
-        return nn.ModuleList([model])
-
-    def keep(module: nn.Module, prefix: str) -> Iterable[nn.Module]:
-        for name, child in module.named_children():
-            path = prefix + name
-            if path == head:
-                continue
-            if head.startswith(path + "."):
-                yield from keep(child, path + ".")
-            else:
-                yield child
-
-    return nn.ModuleList(list(keep(model, "")))
-
-
 # ------------------------------------------------------------------------------------ the loss
 def ab_margin_terms(source: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
     """Sum over all elements of the piecewise margin loss of one (connected) student map
@@ -134,9 +101,8 @@ class ActivationBoundaries(Distiller):
     def frozen_modules(self) -> Iterable[nn.Module]:
         return (*super().frozen_modules(), self.connector)
 
-    def teacher_forward(self, x: torch.Tensor):
-        # the main stage reads the teacher only for the KD term
-        return super().teacher_forward(x) if self.w.a else (None, {})
+    def has_main_loss(self) -> bool:
+        return False  # the AB loss lives in the init stage
 
     def init_loss(self, batch) -> Dict[str, torch.Tensor]:
         """The init stage's objective on one batch: ``{"ab": ab_loss}``."""

@@ -291,9 +291,18 @@ class Distiller(Objective):
         """The method's own (unweighted) losses; computed only when ``-b`` > 0."""
         return {}
 
+    def has_main_loss(self) -> bool:
+        """Whether this instance's main stage computes a loss of its own (two-stage methods whose
+        loss lives in the init stage say no)."""
+        return type(self).has_method_loss()
+
+    def runs_teacher(self) -> bool:
+        """Whether a training step needs the teacher's forward at all (KD term or own loss)."""
+        return self.teacher is not None and (bool(self.w.a) or (bool(self.w.b) and self.has_main_loss()))
+
     def forward(self, batch) -> Dict[str, torch.Tensor]:
         x, y, index = self.unpack(batch)
-        t_logits, t_feats = self.teacher_forward(x) if self.teacher is not None else (None, {})
+        t_logits, t_feats = self.teacher_forward(x) if self.runs_teacher() else (None, {})
         s_logits, s_feats = self.student_forward(x)
         out = Outputs(x, y, index, s_logits, t_logits, s_feats, t_feats, self.s_groups, self.t_groups)
         losses = self.base_losses(out)

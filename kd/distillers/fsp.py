@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from kd.distillers.ab import student_feature_modules
+from kd.distillers._modules import student_feature_modules
 from kd.distillers.base import Distiller, InitStage, StageObjective, Weights
 from kd.distillers.registry import register_distiller
 
@@ -79,9 +79,8 @@ class FSP(Distiller):
         check_fsp_channels([s[1] for g in FSP_GROUPS for s in self.s_shape(g)],
                            [t[1] for g in FSP_GROUPS for t in self.t_shape(g)])
 
-    def teacher_forward(self, x: torch.Tensor):
-        # the main stage reads the teacher only for the KD term
-        return super().teacher_forward(x) if self.w.a else (None, {})
+    def has_main_loss(self) -> bool:
+        return False  # the FSP loss lives in the init stage
 
     def init_loss(self, batch) -> Dict[str, torch.Tensor]:
         """The init stage's objective on one batch: ``{"fsp": fsp_loss}``."""

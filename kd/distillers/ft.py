@@ -129,10 +129,6 @@ class FactorTransfer(Distiller):
     def frozen_modules(self) -> Iterable[nn.Module]:
         return (*super().frozen_modules(), self.paraphraser)
 
-    def teacher_forward(self, x: torch.Tensor):
-        # the main stage reads the teacher for the factor loss (-b) and the KD term (-a)
-        return super().teacher_forward(x) if (self.w.a or self.w.b) else (None, {})
-
     def method_losses(self, out) -> Dict[str, torch.Tensor]:
         factor_s = self.translator(out.s_feats("last_stage")[0])
         with torch.no_grad():

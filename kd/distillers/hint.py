@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kd.distillers._modules import ConvReg
-from kd.distillers.ab import student_feature_modules
+from kd.distillers._modules import student_feature_modules
 from kd.distillers.base import Distiller, InitStage, Outputs, StageObjective, Weights, option
 from kd.distillers.registry import register_distiller
 
@@ -83,9 +83,8 @@ class FitNet(Distiller):
         frozen = tuple(super().frozen_modules())
         return (*frozen, self.regressor) if self.two_stage else frozen
 
-    def teacher_forward(self, x: torch.Tensor):
-        needed = self.w.a or (self.w.b and not self.two_stage)
-        return super().teacher_forward(x) if needed else (None, {})
+    def has_main_loss(self) -> bool:
+        return not self.two_stage  # the paper's form moves the hint term to the init stage
 
     def hint_pair(self, s_feats: Dict[str, torch.Tensor], t_feats: Dict[str, torch.Tensor]):
         """The regressed student hint and the teacher's feature at ``hint_layer``."""

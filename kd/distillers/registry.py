@@ -1,5 +1,5 @@
 """The distiller registry: ``@register_distiller("attention", "at")`` on a class makes it
-available by its name and aliases to ``kd/train.py`` and :func:`build_distiller`."""
+available by its name and aliases to ``kd/train.py`` (and :func:`get_distiller_class`)."""
 from __future__ import annotations
 
 import difflib

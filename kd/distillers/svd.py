@@ -25,7 +25,11 @@ RepDistiller ships the loss but no script line for it. Deviations: the decomposi
 ``torch.linalg.svd`` (``torch.svd`` is deprecated), in float32 for half-precision maps; the map
 is read as ``B x HW x C`` as RepDistiller does (mdistiller's ``view(B, C*H, W)`` mixes channels
 and rows and is not copied); non-finite values are masked with ``torch.where`` only, never
-branched on.
+branched on (as the references' ``removenan``). The student's singular vectors get their gradient
+from :class:`_LeadingRightSingularVectors`, which involves only the kept vectors: torch's full
+SVD backward (what the references use) is Inf/NaN as soon as two *unused* singular values
+repeat, e.g. the zeros of dead channels, and that NaN reached the weights and ended a kd_mnist
+run here. Where the full backward is finite the two gradients agree (tested).
 """
 from __future__ import annotations
 
@@ -44,12 +48,54 @@ def _finite(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
+class _LeadingRightSingularVectors(torch.autograd.Function):
+    """The first ``n`` right singular vectors of ``a`` (B x P x C), as columns (B x C x n), with
+    a backward that only involves those ``n`` vectors.
+
+    Forward: ``torch.linalg.svd``. Backward: the first-order perturbation of the eigenvectors
+    of ``M = a^T a`` (whose eigenvectors are ``a``'s right singular vectors, eigenvalues
+    ``s^2``): ``dv_i = sum_{j != i} v_j v_j^T dM v_i / (s_i^2 - s_j^2)`` over the complete basis,
+    so ``grad_M = V (C o (V^T g)) V_n^T`` (symmetrised) with ``C[j, i] = 1 / (s_i^2 - s_j^2)``,
+    and ``grad_a = 2 a grad_M``. This equals the SVD's own gradient wherever that is finite, but
+    torch's full backward also divides by differences between the *unused* singular values,
+    which are Inf/NaN when they repeat (the zeros of dead channels, any rank-deficient map) and
+    then poison the whole gradient even though those terms multiply zero. Here a pair with
+    ``s_i^2 == s_j^2`` contributes 0 (only reachable when the kept vectors themselves are
+    degenerate, where no finite gradient exists).
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, n: int):
+        _, sing_values, vh = torch.linalg.svd(a, full_matrices=True)
+        basis = vh.transpose(1, 2)  # B x C x C, columns = right singular vectors
+        sq = a.new_zeros(a.shape[0], basis.shape[-1])
+        sq[:, :sing_values.shape[1]] = sing_values.pow(2)
+        ctx.save_for_backward(a, basis, sq)
+        ctx.n = n
+        return basis[:, :, :n]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        a, basis, sq = ctx.saved_tensors
+        n = ctx.n
+        coords = basis.transpose(1, 2) @ grad  # B x C x n: v_j . g_i
+        gap = sq[:, None, :n] - sq[:, :, None]  # B x C x n: s_i^2 - s_j^2
+        inv_gap = torch.where(gap.abs() > 0, 1.0 / torch.where(gap.abs() > 0, gap, torch.ones_like(gap)),
+                              torch.zeros_like(gap))
+        grad_m = basis @ (coords * inv_gap) @ basis[:, :, :n].transpose(1, 2)
+        grad_m = 0.5 * (grad_m + grad_m.transpose(1, 2))
+        return 2.0 * a @ grad_m, None
+
+
 def top_singular(f: torch.Tensor, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` singular values (B x n, L2-normalised over n) and right singular vectors
     (B x C x n, unit columns) of the ``B x HW x C`` view of a ``B x C x H x W`` map."""
     positions_by_channels = f.flatten(2).transpose(1, 2)
     if positions_by_channels.dtype not in (torch.float32, torch.float64):
         positions_by_channels = positions_by_channels.float()  # no half-precision SVD
+    if positions_by_channels.requires_grad:  # the student: vectors with a well-defined gradient
+        right_vectors = _finite(_LeadingRightSingularVectors.apply(positions_by_channels, n))
+        return None, F.normalize(right_vectors, dim=1)
     _, sing_values, vh = torch.linalg.svd(positions_by_channels, full_matrices=False)
     right_vectors = _finite(vh.transpose(1, 2))[:, :, :n]
     return F.normalize(_finite(sing_values)[:, :n], dim=1), F.normalize(right_vectors, dim=1)
