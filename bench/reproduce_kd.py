@@ -20,7 +20,7 @@ student top-1 on the MNIST test set, median over ``--repeats`` seeds with the mi
 and whole-run time), ``plot.png`` (best accuracy per method, teacher and student-alone lines),
 ``results.json`` (every run with its command line, the medians, the settings, versions).
 
-    python -m bench.reproduce --protocol kd_mnist                   # ~1 h on 2 CPU cores
+    python -m bench.reproduce --protocol kd_mnist                   # ~1.5 h on 2 CPU cores
     python -m bench.reproduce --protocol kd_mnist --methods kd crd dkd --repeats 3
     python -m bench.reproduce --protocol kd_mnist --steps 5 --epochs 1 --methods kd at   # a smoke run
 """
