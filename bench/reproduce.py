@@ -76,7 +76,7 @@ class Method:
     kd_steps: int = 0
     ep_steps: int = 0
     lr: float = 0.1
-    T: float = 20.0
+    T: Optional[float] = 20.0  # None: the method's published student loss (generative: KL T=1, DFAD L1)
     warmup: bool = False
     flags: Tuple[str, ...] = ()
     per_pair: Tuple[str, ...] = ()
@@ -155,11 +155,11 @@ CIFAR_METHODS: Dict[str, Method] = {
                       flags=("--lr_g", "0.1", "--adv", "1", "--bn", "10", "--oh", "1")),
     "cmi": Method("CMI-200", "cmi", g_steps=200, kd_steps=400, ep_steps=400,
                   flags=("--lr_g", "1e-3", "--adv", "0.5", "--bn", "1", "--oh", "1", "--cr", "0.8", "--cr_T", "0.2")),
-    "dafl": Method("DAFL", "dafl", g_steps=1, kd_steps=5, ep_steps=400,
+    "dafl": Method("DAFL", "dafl", g_steps=1, kd_steps=5, ep_steps=400, T=None,
                    flags=("--lr_g", "1e-3", "--oh", "1", "--act", "0.001", "--balance", "20")),
-    "zskt": Method("ZSKT", "zskt", g_steps=1, kd_steps=5, ep_steps=400, flags=("--lr_g", "1e-3", "--adv", "1")),
-    "dfad": Method("DFAD", "dfad", g_steps=1, kd_steps=5, ep_steps=400, T=1.0, flags=("--lr_g", "1e-3", "--adv", "1")),
-    "dfq": Method("DFQ", "dfq", g_steps=1, kd_steps=10, ep_steps=400,
+    "zskt": Method("ZSKT", "zskt", g_steps=1, kd_steps=5, ep_steps=400, T=None, flags=("--lr_g", "1e-3", "--adv", "1")),
+    "dfad": Method("DFAD", "dfad", g_steps=1, kd_steps=5, ep_steps=400, T=None, flags=("--lr_g", "1e-3", "--adv", "1")),
+    "dfq": Method("DFQ", "dfq", g_steps=1, kd_steps=10, ep_steps=400, T=None,
                   flags=("--lr_g", "1e-3", "--adv", "1", "--bn", "1", "--oh", "1", "--balance", "20")),
     "deepinv_fast": Method("DeepInv-10 (lr_g 1)", "deepinv", g_steps=10, kd_steps=200, ep_steps=200, default=False,
                            flags=("--lr_g", "1", "--adv", "1", "--bn", "10", "--oh", "1")),
@@ -189,13 +189,13 @@ MNIST_METHODS: Dict[str, Method] = {
                       flags=("--lr_g", "0.1", "--adv", "1", "--bn", "10", "--oh", "1")),
     "cmi": Method("CMI-100", "cmi", g_steps=100, kd_steps=20, ep_steps=40, warmup=True,
                   flags=("--lr_g", "1e-3", "--adv", "0.5", "--bn", "1", "--oh", "1", "--cr", "0.8", "--cr_T", "0.2")),
-    "dafl": Method("DAFL", "dafl", g_steps=1, kd_steps=5, ep_steps=40, warmup=True,
+    "dafl": Method("DAFL", "dafl", g_steps=1, kd_steps=5, ep_steps=40, warmup=True, T=None,
                    flags=("--lr_g", "1e-3", "--oh", "1", "--act", "0.001", "--balance", "20")),
-    "zskt": Method("ZSKT", "zskt", g_steps=1, kd_steps=5, ep_steps=40, warmup=True,
+    "zskt": Method("ZSKT", "zskt", g_steps=1, kd_steps=5, ep_steps=40, warmup=True, T=None,
                    flags=("--lr_g", "1e-3", "--adv", "1")),
-    "dfad": Method("DFAD", "dfad", g_steps=1, kd_steps=5, ep_steps=40, warmup=True, T=1.0,
+    "dfad": Method("DFAD", "dfad", g_steps=1, kd_steps=5, ep_steps=40, warmup=True, T=None,
                    flags=("--lr_g", "1e-3", "--adv", "1")),
-    "dfq": Method("DFQ", "dfq", g_steps=1, kd_steps=10, ep_steps=40, warmup=True,
+    "dfq": Method("DFQ", "dfq", g_steps=1, kd_steps=10, ep_steps=40, warmup=True, T=None,
                   flags=("--lr_g", "1e-3", "--adv", "1", "--bn", "1", "--oh", "1", "--balance", "20")),
     **_references(0.1),
 }
@@ -299,7 +299,8 @@ def datafree_argv(p: Protocol, key: str, pair: Pair, b: dict, dataset: str, ckpt
     return ["--method", m.engine, "--teacher", pair.teacher, "--student", pair.student, "--dataset", dataset,
             "--data_root", args.data_root, "--teacher_ckpt", ckpt, "--no_progress",
             *([] if args.download else ["--no_download"]),
-            "--batch_size", str(b["batch"]), "--lr", str(m.lr), "--T", str(m.T),
+            "--batch_size", str(b["batch"]), "--lr", str(m.lr),
+            *(["--T", str(m.T)] if m.T is not None else []),
             "--epochs", str(b["kd_epochs"] + warmup), "--warmup", str(warmup),
             "--kd_steps", str(kd_steps), "--ep_steps", str(ep_steps),
             "--g_steps", str(scaled(m.g_steps, b["g_factor"])), *p.common, *m.flags, *pair_flags,

@@ -16,6 +16,7 @@ teacher's inputs; it may be ``None`` (no evaluation).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import torch
@@ -29,13 +30,58 @@ from engine.utils import resolve_device
 from kd.distillers import KD, Weights
 
 
+@dataclass(frozen=True)
+class StudentLoss:
+    """The data-free student's loss on teacher logits: ``kl`` at temperature ``T`` or ``l1``."""
+
+    loss: str
+    T: float
+    source: str  # where the choice came from, for the log
+
+    @property
+    def formula(self) -> str:
+        return f"KL at T={self.T:g}" if self.loss == "kl" else "L1 on logits"
+
+    def describe(self) -> str:
+        return f"student loss: {self.formula} ({self.source})"
+
+
+def student_loss(method: str, kd_loss: Optional[str] = None, T: Optional[float] = None,
+                 default_T: float = 20.0) -> StudentLoss:
+    """Resolve the student's KD loss of ``method``: an explicit ``kd_loss`` / ``T`` wins; otherwise
+    the method's published default (reference-notes §1.7: KL at T=1 for dafl/zskt/dfq, L1 for
+    dfad, because Fast-Datafree's driver reuses the adversarial criterion as the KD criterion),
+    and ``default_T`` for the pool methods."""
+    cls = get_synthesizer_class(method)
+    published = StudentLoss(cls.student_loss, cls.student_T or 1.0, "published")
+    has_published = cls.student_T is not None or cls.student_loss != "kl"
+    if kd_loss is not None and kd_loss not in KD.LOGIT_LOSSES:
+        raise ValueError(f"kd_loss must be one of {', '.join(KD.LOGIT_LOSSES)}; got {kd_loss!r}")
+    loss = kd_loss or cls.student_loss
+    given = ([f"--kd_loss {kd_loss}"] if kd_loss is not None else []) + ([f"--T {T:g}"] if T is not None else [])
+    if T is None:
+        T = cls.student_T if cls.student_T is not None else default_T
+    if given:
+        source = "as given: " + ", ".join(given)
+        if has_published:
+            source += f"; {method}'s published runs used {published.formula}"
+    elif has_published:
+        source = f"{method}'s published runs: Fast-Datafree's driver reuses the adversarial criterion for KD"
+    else:
+        source = f"--T default {T:g}"
+    return StudentLoss(loss, float(T), source)
+
+
 def build_trainer(teacher: nn.Module, student: nn.Module, method: str, syn: SynthesisConfig, train: TrainConfig,
-                  test_loader: Optional[Iterable] = None, T: float = 20.0, batch_size: int = 256,
+                  test_loader: Optional[Iterable] = None, T: Optional[float] = None, kd_loss: Optional[str] = None,
+                  batch_size: int = 256,
                   kd_steps: int = 400, ep_steps: int = 400, device: Optional[torch.device] = None,
                   logger: Optional[RunLogger] = None, args: Optional[dict] = None,
                   init_images: Optional[torch.Tensor] = None) -> Trainer:
     """Wire teacher, student, synthesizer, KD objective and trainer together. ``init_images``
-    (float, [0, 1]) start the pool, as Fast-Datafree's ``--cmi_init`` does."""
+    (float, [0, 1]) start the pool, as Fast-Datafree's ``--cmi_init`` does. ``T`` / ``kd_loss``
+    left ``None`` take the method's published student loss (:func:`student_loss`; T 20 for the
+    pool methods, the CIFAR scripts' value)."""
     device = device or resolve_device("auto")
     teacher = teacher.to(device).eval()
     teacher.requires_grad_(False)
@@ -50,7 +96,11 @@ def build_trainer(teacher: nn.Module, student: nn.Module, method: str, syn: Synt
     source = DataFreeSource(synth, batch_size, kd_steps, ep_steps, syn.warmup, logger,
                             image_dir=os.path.join(train.save_dir, "images"))
     train.sched_start_epoch = syn.warmup  # the schedule runs over the post-warm-up epochs
-    objective = KD(student, teacher, T=T, weights=Weights(r=0.0, a=1.0))
+    loss = student_loss(method, kd_loss, T)
+    logger.info(loss.describe())
+    if args is not None:  # the checkpoint and metrics.json record the loss that ran
+        args = {**args, "kd_loss": loss.loss, "T": loss.T}
+    objective = KD(student, teacher, T=loss.T, weights=Weights(r=0.0, a=1.0), logit_loss=loss.loss)
     return Trainer(objective, source, test_loader, train, device, logger, args)
 
 

@@ -146,6 +146,10 @@ class Synthesizer:
 
     uses_pool = True
     default_nz = 256  # latent size when --nz is not given
+    # the student's KD loss of the published runs: "kl" at student_T (None: the caller's --T)
+    # or "l1" on logits; see datafree.api.student_loss
+    student_loss = "kl"
+    student_T: Optional[float] = None
 
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         self.teacher, self.student, self.cfg, self.device = teacher, student, cfg, torch.device(device)

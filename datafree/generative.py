@@ -11,6 +11,12 @@ penultimate features. There is no pool: every KD step draws a fresh batch from G
 
 Fix of a reference bug (notes §6 item 1): the adversarial term uses the **real student**; the
 reference passes the teacher as the student, which makes the term identically zero.
+Student loss (notes §1.7): Fast-Datafree's driver rebinds its global KD criterion to the
+synthesizer's adversarial criterion, so the published runs trained the student with KL at T = 1
+(DAFL, ZSKT, DFQ) and with L1 on logits (DFAD, as DFAD's paper prescribes), whatever ``--T``
+said. Those are the defaults here (``student_loss`` / ``student_T``); ``--kd_loss`` and ``--T``
+given explicitly override them.
+
 The four methods differ only in their weights and KD schedule (``scripts/generative_cifar.sh``
 holds the reference settings: DAFL nz 512, oh 1, act 1e-3, balance 20, 5 KD steps per G step,
 T 20; ZSKT adv 1, 5, T 20; DFAD adv 1 with L1, 5, T 1; DFQ adv 1, bn 1, oh 1, balance 20, 10, T 20).
@@ -45,6 +51,7 @@ def penultimate_spec(model: nn.Module) -> str:
 class GenerativeSynthesizer(Synthesizer):
     uses_pool = False
     l1_adversary = False  # DFAD: L1 between logits instead of KL
+    student_T = 1.0  # the published runs' student loss: KL at T = 1 ...
 
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         super().__init__(teacher, student, cfg, device)
@@ -122,6 +129,7 @@ class DFAD(GenerativeSynthesizer):
     """DFAD (Fang et al., 2019): adversarial L1 between student and teacher logits."""
 
     l1_adversary = True
+    student_loss = "l1"  # ... and L1 on logits for DFAD
 
 
 class DFQ(GenerativeSynthesizer):

@@ -25,12 +25,19 @@ def masked_adversarial_kl(student_logits: torch.Tensor, teacher_logits: torch.Te
 
 
 def js_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 3.0) -> torch.Tensor:
-    """Jensen-Shannon divergence at temperature T with probabilities clamped to [0.01, 0.99]
-    (DeepInversion's adaptive competition term; its negative is the adversarial loss)."""
-    p_s = F.softmax(student_logits / T, dim=1).clamp(0.01, 0.99)
-    p_t = F.softmax(teacher_logits / T, dim=1).clamp(0.01, 0.99)
-    m = 0.5 * (p_s + p_t)
-    return 0.5 * ((p_s * (p_s / m).log()).sum(1) + (p_t * (p_t / m).log()).sum(1)).mean()
+    """DeepInversion's competition term at temperature T, in Fast-Datafree's exact form
+    (``datafree/synthesis/deepinversion.py``; reference-notes §1.1): M = (P + Q) / 2 from the
+    *unclamped* softmaxes, then P, Q and M each clamped to [0.01, 0.99], and the value
+    ``(KL(M || P) + KL(M || Q)) / 2`` (``F.kl_div(log P, M)`` is KL(M || P)), batchmean. This is
+    neither the textbook ``(KL(P || M) + KL(Q || M)) / 2`` nor a multiple of it; its negative is
+    the adversarial loss."""
+    p_s = F.softmax(student_logits.float() / T, dim=1)
+    p_t = F.softmax(teacher_logits.float() / T, dim=1)
+    m = (0.5 * (p_s + p_t)).clamp(0.01, 0.99)
+    log_m = m.log()
+    kl_m_s = (m * (log_m - p_s.clamp(0.01, 0.99).log())).sum(1)
+    kl_m_t = (m * (log_m - p_t.clamp(0.01, 0.99).log())).sum(1)
+    return 0.5 * (kl_m_s + kl_m_t).mean()
 
 
 def activation_loss(features: torch.Tensor) -> torch.Tensor:

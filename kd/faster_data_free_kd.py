@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.1, help="student SGD learning rate")
     p.add_argument("--weight_decay", type=float, default=1e-4)
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--T", type=float, default=1.0, help="KD temperature")
+    p.add_argument("--T", type=float, default=None,
+                   help="KD temperature (default: the method's published runs: 20 for the pool methods, "
+                        "1 for dafl/zskt/dfq)")
+    p.add_argument("--kd_loss", default=None, choices=["kl", "l1"],
+                   help="student loss on teacher logits (default: the published runs': l1 for dfad, else kl)")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--warmup", type=int, default=0, help="epochs of synthesis only, before KD starts")
     p.add_argument("--kd_steps", type=int, default=400, help="student steps after each synthesis round")
@@ -157,7 +161,7 @@ def run(argv: Optional[list] = None) -> dict:
                         save_dir=args.save_dir, progress=not args.no_progress)
     init = load_image_set(args.cmi_init, spec.image_size, spec.in_chans) if args.cmi_init else None
     trainer = build_trainer(teacher, student, args.method, syn, train, test_loader, T=args.T,
-                            batch_size=args.batch_size, kd_steps=args.kd_steps, ep_steps=args.ep_steps,
+                            kd_loss=args.kd_loss, batch_size=args.batch_size, kd_steps=args.kd_steps, ep_steps=args.ep_steps,
                             device=device, logger=logger, args=vars(args), init_images=init)
     if resume:
         trainer.resume(resume)

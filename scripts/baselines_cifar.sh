@@ -22,10 +22,10 @@ for m in $METHODS; do
     deepinv_fast) args=(--method deepinv --lr 0.1 --kd_steps 200 --ep_steps 200 --g_steps 10 --lr_g 1 --adv 1 --bn 10 --oh 1 --T 20) ;;
     cmi)          args=(--method cmi --lr 0.1 --kd_steps 400 --ep_steps 400 --g_steps 200 --lr_g 1e-3 --adv 0.5 --bn 1 --oh 1 --cr 0.8 --cr_T 0.2 --T 20) ;;
     cmi_fast)     args=(--method cmi --lr 0.1 --kd_steps 400 --ep_steps 400 --g_steps 5 --lr_g 1e-3 --adv 0.5 --bn 1 --oh 1 --cr 0 --cr_T 0.2 --T 20) ;;
-    dafl)         args=(--method dafl --lr 0.1 --kd_steps 5 --ep_steps 400 --g_steps 1 --lr_g 1e-3 --oh 1 --act 0.001 --balance 20 --T 20) ;;
-    zskt)         args=(--method zskt --lr 0.1 --kd_steps 5 --ep_steps 400 --g_steps 1 --lr_g 1e-3 --adv 1 --T 20) ;;
-    dfad)         args=(--method dfad --lr 0.1 --kd_steps 5 --ep_steps 400 --g_steps 1 --lr_g 1e-3 --adv 1 --T 1) ;;
-    dfq)          args=(--method dfq --lr 0.1 --kd_steps 10 --ep_steps 400 --g_steps 1 --lr_g 1e-3 --adv 1 --bn 1 --oh 1 --balance 20 --T 20) ;;
+    dafl)         args=(--method dafl --lr 0.1 --kd_steps 5 --ep_steps 400 --g_steps 1 --lr_g 1e-3 --oh 1 --act 0.001 --balance 20) ;;
+    zskt)         args=(--method zskt --lr 0.1 --kd_steps 5 --ep_steps 400 --g_steps 1 --lr_g 1e-3 --adv 1) ;;
+    dfad)         args=(--method dfad --lr 0.1 --kd_steps 5 --ep_steps 400 --g_steps 1 --lr_g 1e-3 --adv 1) ;;
+    dfq)          args=(--method dfq --lr 0.1 --kd_steps 10 --ep_steps 400 --g_steps 1 --lr_g 1e-3 --adv 1 --bn 1 --oh 1 --balance 20) ;;
     *) echo "unknown baseline $m" >&2; exit 2 ;;
   esac
   python kd/faster_data_free_kd.py "${COMMON[@]}" "${args[@]}" --save_dir "run/baselines_${DATASET}/${m}" $EXTRA

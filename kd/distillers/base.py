@@ -284,8 +284,12 @@ class Distiller(Objective):
         if out.y is not None and self.w.r:
             losses["ce"] = F.cross_entropy(out.s_logits, out.y)
         if self.w.a and out.t_logits is not None:
-            losses["kd"] = kd_kl_div(out.s_logits, out.t_logits, self.T)
+            losses["kd"] = self.kd_term(out.s_logits, out.t_logits)
         return losses
+
+    def kd_term(self, s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+        """The ``-a`` term: Hinton's KL at ``T`` (times T^2)."""
+        return kd_kl_div(s_logits, t_logits, self.T)
 
     def method_losses(self, out: Outputs) -> Dict[str, torch.Tensor]:
         """The method's own (unweighted) losses; computed only when ``-b`` > 0."""
