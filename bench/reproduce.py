@@ -289,6 +289,19 @@ def kd_schedule(m: Method, steps: Optional[int]) -> Tuple[int, int]:
     return kd, max(kd, steps)
 
 
+RESET_FRACTION = 120 / 200  # the reference resets at warmup + 120 of 200 KD epochs
+
+
+def reset_flags(m: Method, b: dict, warmup: int) -> List[str]:
+    """``--reset_epoch`` for a method that resets its generator's first layer: the reference's
+    warmup + 120 of 220 epochs scaled to this run's KD epochs (so a ``--budget 0.05`` run still
+    resets, 60% into its KD epochs); nothing for methods that do not reset."""
+    flags = dict(zip(m.flags[::2], m.flags[1::2]))
+    if flags.get("--reset_l0", "0") == "0" and flags.get("--reset_bn", "0") == "0":
+        return []
+    return ["--reset_epoch", str(warmup + max(1, round(RESET_FRACTION * b["kd_epochs"])))]
+
+
 def datafree_argv(p: Protocol, key: str, pair: Pair, b: dict, dataset: str, ckpt: str, seed: int,
                   save_dir: str, args) -> List[str]:
     """The ``kd/faster_data_free_kd.py`` command line of one run."""
@@ -304,6 +317,7 @@ def datafree_argv(p: Protocol, key: str, pair: Pair, b: dict, dataset: str, ckpt
             "--epochs", str(b["kd_epochs"] + warmup), "--warmup", str(warmup),
             "--kd_steps", str(kd_steps), "--ep_steps", str(ep_steps),
             "--g_steps", str(scaled(m.g_steps, b["g_factor"])), *p.common, *m.flags, *pair_flags,
+            *reset_flags(m, b, warmup),
             "--seed", str(seed), "--device", args.device, "--amp", args.amp, "--save_dir", save_dir]
 
 

@@ -96,6 +96,9 @@ def build_trainer(teacher: nn.Module, student: nn.Module, method: str, syn: Synt
     source = DataFreeSource(synth, batch_size, kd_steps, ep_steps, syn.warmup, logger,
                             image_dir=os.path.join(train.save_dir, "images"))
     train.sched_start_epoch = syn.warmup  # the schedule runs over the post-warm-up epochs
+    if (syn.reset_l0 or syn.reset_bn) and synth.reset_epoch > train.epochs:
+        logger.info(f"warning: --reset_l0/--reset_bn act at epoch {synth.reset_epoch} (--reset_epoch, default "
+                    f"warmup + 120) but the run has {train.epochs} epochs: no reset will happen")
     loss = student_loss(method, kd_loss, T)
     logger.info(loss.describe())
     if args is not None:  # the checkpoint and metrics.json record the loss that ran

@@ -9,7 +9,10 @@ A synthesizer turns a teacher into training batches for a student:
 The loss shared by fast / fast_meta / cmi (Fast-Datafree ``datafree/synthesis/fast_meta.py``;
 reference-notes §1.1, §1.3) is
 
-    L = bn * sum_l r_l  +  oh * CE(t, y)  +  adv * masked_adversarial_kl(s, t)   (adv from --warmup on)
+    L = bn * sum_l r_l  +  oh * CE(t, y)  +  adv * masked_adversarial_kl(s, t)
+
+with the adversarial term from round ``warmup`` on for fast / fast_meta and from the first round
+for cmi (``adv_active``; rounds are counted as the reference counts them, see the round clock).
 
 with t / s the teacher / student logits on the augmented images and y sampled targets.
 """
@@ -54,13 +57,17 @@ class SynthesisConfig:
     is_maml: int = 1
     reset_l0: bool = False
     reset_bn: bool = False
-    reset_epoch: Optional[int] = None  # when reset_l0/reset_bn act; None: warmup + 120 (reference)
+    reset_epoch: Optional[int] = None  # 1-based epoch when reset_l0/reset_bn act; None: warmup + 120 (reference)
     warmup: int = 20
     balanced_targets: bool = False
     pool_storage: str = "uint8"
     pool_capacity: Optional[int] = None
     pad: int = 4  # random-crop padding of the synthesis and KD augmentation
     flip: bool = True
+    # augmentation of pool samples for KD steps: None = the synthesis augmentation (CIFAR: both are
+    # crop + flip); rrc_flip = RandomResizedCrop(kd_rrc_scale) + flip (the ImageNet recipe's KD transform)
+    kd_augment: Optional[str] = None
+    kd_rrc_scale: Tuple[float, float] = (0.08, 1.0)
     # generator / augmentation / storage (ImageNet-size setting: deep, rrc_flip, last, meta_z)
     generator: str = "auto"  # dcgan | deep (spatial latent) | auto: deep from 128 px up
     augment: str = "crop_flip"  # crop_flip (pad + flip) | rrc_flip (RandomResizedCrop + flip)
@@ -69,7 +76,8 @@ class SynthesisConfig:
     meta_z: bool = False  # fast_meta: a persistent, meta-learned latent batch
     lr_g_meta: Optional[float] = None  # fast_meta meta lr for G (default lr_g * g_steps)
     lr_z_meta: float = 5e-3
-    z_reinit: int = 50  # with meta_z: re-sample the latents every this many epochs
+    z_reinit: float = 5.0  # with meta_z: re-sample the latents every this many epochs (the logged
+    # ImageNet runs: every 50 rounds = 5 epochs at 10 rounds per epoch; fractions of an epoch allowed)
     reptile_scale: float = 67.0  # Fast-Datafree's CIFAR factor; its ImageNet script uses 1
     # deepinv image priors (Fast-Datafree fixes both to 0)
     tv: float = 0.0
@@ -119,15 +127,19 @@ def sample_targets(n: int, num_classes: int, balanced: bool, device: torch.devic
     return torch.randint(num_classes, (n,), device=device)
 
 
-def build_augment(cfg: SynthesisConfig) -> nn.Module:
+def build_augment(cfg: SynthesisConfig, kind: Optional[str] = None,
+                  scale: Optional[Tuple[float, float]] = None) -> nn.Module:
     """The differentiable augmentation applied to synthetic images (in [0, 1]) before the
-    teacher sees them, and to pool samples before KD steps."""
-    if cfg.augment == "crop_flip":
+    teacher sees them (``cfg.augment``), or to pool samples before KD steps (``kind`` /
+    ``scale`` from ``cfg.kd_augment`` / ``cfg.kd_rrc_scale``)."""
+    kind = kind or cfg.augment
+    if kind == "crop_flip":
         return BatchAugment(cfg.mean, cfg.std, pad=cfg.pad, flip=cfg.flip)
-    if cfg.augment == "rrc_flip":
-        return nn.Sequential(RandomResizedCrop((cfg.img_size, cfg.img_size), tuple(cfg.rrc_scale), cfg.flip),
+    if kind == "rrc_flip":
+        scale = tuple(scale or cfg.rrc_scale)
+        return nn.Sequential(RandomResizedCrop((cfg.img_size, cfg.img_size), scale, cfg.flip),
                              Normalize(cfg.mean, cfg.std))
-    raise ValueError(f"augment must be crop_flip or rrc_flip, got {cfg.augment!r}")
+    raise ValueError(f"augment must be crop_flip or rrc_flip, got {kind!r}")
 
 
 def build_generator(cfg: SynthesisConfig) -> nn.Module:
@@ -150,18 +162,23 @@ class Synthesizer:
     # or "l1" on logits; see datafree.api.student_loss
     student_loss = "kl"
     student_T: Optional[float] = None
+    adv_warmup = True  # the adversarial term only from --warmup on (fast, fast_meta; not cmi)
 
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         self.teacher, self.student, self.cfg, self.device = teacher, student, cfg, torch.device(device)
         self.normalize = Normalize(cfg.mean, cfg.std).to(self.device)
         self.augment = build_augment(cfg).to(self.device)
+        self.kd_augment = (build_augment(cfg, cfg.kd_augment, cfg.kd_rrc_scale).to(self.device)
+                           if cfg.kd_augment else self.augment)
+        # where the current round sits (set by the batch source before each synthesize()):
+        # schedules are given in epochs and fire at exact rounds for any rounds per epoch
+        self.rounds_per_epoch, self.round_in_epoch = 1, 0
         self.pool = ImagePool(self.device, cfg.pool_storage, cfg.pool_capacity)
         self.bn_loss: Optional[BNStatLoss] = None
         if cfg.bn > 0:
             self.bn_loss = BNStatLoss(teacher, cfg.bn_mmt)
             self.bn_loss.set_enabled(False)  # on only while synthesizing, never in KD steps
         self.last_images: Optional[torch.Tensor] = None
-        self._reset_done = False
         self.opt_kwargs = optimizer_impl(cfg.opt_impl, self.device)
         if cfg.amp not in ("off", "bf16"):
             raise ValueError(f"synthesis amp must be off or bf16 (fp16 would need loss scaling); got {cfg.amp!r}")
@@ -172,7 +189,7 @@ class Synthesizer:
         raise NotImplementedError
 
     def sample(self, n: int) -> torch.Tensor:
-        return self.augment(self.pool.sample(n))
+        return self.kd_augment(self.pool.sample(n))
 
     def pop_sample_time(self) -> float:
         """Synthesis work done inside ``sample`` since the last call (generative methods)."""
@@ -222,18 +239,46 @@ class Synthesizer:
         losses = self.bn_term()
         if cfg.oh > 0:
             losses["oh"] = cfg.oh * F.cross_entropy(t_out, targets)
-        if cfg.adv > 0 and epoch >= cfg.warmup:
+        if cfg.adv > 0 and self.adv_active(epoch):
             losses["adv"] = cfg.adv * masked_adversarial_kl(self.student(x_aug), t_out)
         return losses
 
+    # -- round clock ----------------------------------------------------------------------
+    # The reference counts synthesize() calls, 1-based and incremented before every test
+    # (``self.ep += 1``), and its CIFAR scripts run one round per epoch. Schedules here are
+    # given in epochs and map epoch E to round number E * rounds_per_epoch: at one round per
+    # epoch that is the reference's counter exactly, and at ImageNet's 10 rounds per epoch the
+    # latent re-sample every 5 epochs lands on rounds 50, 100, ... as its ``ep % 50`` does.
+    def round_number(self, epoch: int) -> int:
+        """The 1-based count of the current round over the whole run (the reference's ``ep``)."""
+        return epoch * self.rounds_per_epoch + self.round_in_epoch + 1
+
+    def rounds_in(self, epochs: float) -> int:
+        """The number of rounds in ``epochs`` epochs (at least 1)."""
+        return max(1, round(epochs * self.rounds_per_epoch))
+
+    def every(self, epoch: int, period_epochs: float) -> bool:
+        """True in the rounds whose number is a multiple of ``period_epochs`` epochs' rounds."""
+        return self.round_number(epoch) % self.rounds_in(period_epochs) == 0
+
+    def adv_active(self, epoch: int) -> bool:
+        """The adversarial term's gate: from round ``warmup`` on (``ep >= warmup`` in the reference,
+        so at one round per epoch it already acts in the last synthesis-only epoch); always for
+        methods without the gate (``adv_warmup = False``: cmi)."""
+        if not self.adv_warmup or self.cfg.warmup <= 0:
+            return True
+        return self.round_number(epoch) >= self.rounds_in(self.cfg.warmup)
+
+    @property
+    def reset_epoch(self) -> int:
+        """When ``reset_l0`` / ``reset_bn`` act, as a 1-based epoch (the log's count):
+        ``cfg.reset_epoch``, default warmup + 120 (the reference's ``ep == 120 + warmup``)."""
+        return self.cfg.reset_epoch if self.cfg.reset_epoch is not None else self.cfg.warmup + 120
+
     def reset_due(self, epoch: int) -> bool:
-        """True once, in the first round of the reset epoch (``reset_epoch``; default warmup + 120,
-        the reference's hard-coded choice)."""
-        at = self.cfg.reset_epoch if self.cfg.reset_epoch is not None else self.cfg.warmup + 120
-        if epoch != at or self._reset_done:
-            return False
-        self._reset_done = True
-        return True
+        """True in exactly one round, round number ``reset_epoch * rounds_per_epoch`` (stateless,
+        so a resumed run resets exactly when an uninterrupted one does)."""
+        return self.round_number(epoch) == self.rounds_in(self.reset_epoch)
 
     class _Synthesis:
         """Context: BN hooks on, student in eval mode, timing with device synchronisation."""

@@ -6,10 +6,12 @@ with a fresh z for ``g_steps`` by Adam{G, z} (lr_g, betas (0.5, 0.999)) on
 
     L = L_inv + cr * L_cr,   L_inv = bn * L_bn + oh * CE(t, y) + adv * masked adversarial KL
 
-computed on a global view (crop with padding 4 + flip; the adversarial term, as everywhere,
-from ``--warmup`` on). For L_cr the teacher also sees a local
-view (RandomResizedCrop, scale 0.25-1, + flip); the features h are the concatenated spatial
-means of the inputs of every teacher BN layer (or of ``cmi_layers``); a projection head
+computed on a global view (crop with padding 4 + flip). Unlike fast / fast_meta, the
+adversarial term acts from the first round: CMI has no warm-up gate (notes §1.1). For L_cr the
+teacher also sees a local view (RandomResizedCrop, scale 0.25-1, + flip); the features h are the
+concatenated spatial means of the inputs of every teacher BN layer, or of the taps the teacher
+declares in ``cmi_taps`` (the registry's ResNet-34: the inputs of ``layer1..layer4``, as the
+reference driver picks), or of ``cmi_layers`` when given; a projection head
 (Linear(d, d) - ReLU - Linear(d, 256) - L2-normalise, its own persistent Adam(lr_g)) maps
 [local; cached local] and [global; cached global] to unit vectors, and L_cr is the
 cross-entropy of local-vs-global similarities / cr_T with the matching index as label,
@@ -74,6 +76,8 @@ def reinit_generator(g: nn.Module) -> None:
 
 
 class CMISynthesizer(Synthesizer):
+    adv_warmup = False  # the adversarial term from the first round
+
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         super().__init__(teacher, student, cfg, device)
         self.cr, self.cr_T, self.n_neg = cfg.cr, cfg.cr_T, cfg.n_neg
@@ -82,8 +86,9 @@ class CMISynthesizer(Synthesizer):
         self.local_view = RandomResizedCrop((cfg.img_size, cfg.img_size), (0.25, 1.0), cfg.flip)
         self._means = {}
         self._hooks_on = True  # off in KD steps (set_hooks), on for the probe forward below
-        if cfg.cmi_layers:
-            taps = [(spec,) + parse_tap(spec) for spec in cfg.cmi_layers]
+        layers = cfg.cmi_layers or getattr(teacher, "cmi_taps", None)
+        if layers:
+            taps = [(spec,) + parse_tap(spec) for spec in layers]
             modules = [(spec, resolve_module(teacher, path), side) for spec, path, side in taps]
         else:
             modules = [(n, m, "in") for n, m in teacher.named_modules() if isinstance(m, nn.BatchNorm2d)]

@@ -18,10 +18,14 @@ persistent meta optimiser Adam(lr_g * g_steps, betas (0.5, 0.999)) from
   it does not help as built (student 73.8% mean vs 95.2% for ``is_maml=1``) and costs about 3x
   the synthesis time, because plain SGD at Adam's learning rate barely adapts the generator.
 
-ImageNet-size setting (``fast_meta_imagenet.py``, notes §2.4): ``meta_z`` keeps one persistent
-latent batch (with its targets) that is meta-learned like G (meta lr ``lr_z_meta``) and re-sampled
-every ``z_reinit`` epochs; with a ``DeepGenerator`` (spatial latent), ``rrc_flip`` augmentation,
-``keep='last'`` and Reptile with ``reptile_scale=1`` this is the published ImageNet recipe.
+ImageNet-size setting (``fast_meta_imagenet.py`` as logged, notes §2.4): ``meta_z`` keeps one
+persistent latent batch that is meta-learned like G (meta lr ``lr_z_meta``) and re-sampled every
+``z_reinit`` epochs, counted in rounds (5 epochs at 10 rounds per epoch = the reference's every
+50 rounds), when the whole meta-optimiser (G and z) is rebuilt, as the reference does; the
+targets are drawn afresh every round even while z persists. With a ``DeepGenerator`` (spatial
+latent), ``rrc_flip`` augmentation (scale 0.75-1) for synthesis, RandomResizedCrop(0.08-1) +
+flip for KD samples (``kd_augment``), ``keep='last'`` and Reptile with ``reptile_scale=1`` this
+is the published ImageNet recipe (``scripts/fast_imagenet.sh``).
 
 Parameters without a gradient are skipped (the reference crashes on them, notes §6 item 5), and
 the latents' FOMAML gradient is their gradient (the reference adds their values, item 5).
@@ -78,31 +82,34 @@ class FastMetaSynthesizer(FastSynthesizer):
         super().__init__(teacher, student, cfg, device)
         if cfg.is_maml not in (0, 1, 2):
             raise ValueError(f"--is_maml must be 0 (Reptile), 1 (FOMAML) or 2 (second-order), got {cfg.is_maml}")
-        groups = [{"params": list(self.generator.parameters()),
-                   "lr": cfg.lr_g_meta if cfg.lr_g_meta is not None else cfg.lr_g * cfg.g_steps}]
         self.z: Optional[torch.Tensor] = None
-        self.z_targets: Optional[torch.Tensor] = None
-        self.z_epoch = -1
         if cfg.meta_z:
             self.z = torch.randn(self.generator.latent_shape(cfg.batch_size), device=self.device, requires_grad=True)
-            self.z_targets = sample_targets(cfg.batch_size, cfg.num_classes, cfg.balanced_targets, self.device)
-            groups.append({"params": [self.z], "lr": cfg.lr_z_meta})
-        self.meta_optimizer = self.adam(groups, cfg.lr_g, (0.5, 0.999))
+        self.meta_optimizer = self.build_meta_optimizer()
         # the inner loop's G': one persistent module that takes G's weights at every round start
         # (the reference deep-copies G each round; same values, no allocation, compiled once)
         self.fast_generator = self.prepare_generator(copy.deepcopy(self.generator))
 
+    def build_meta_optimizer(self) -> torch.optim.Adam:
+        """Adam over G (lr ``lr_g_meta``, default lr_g * g_steps) and, with ``meta_z``, the
+        persistent latents (lr ``lr_z_meta``), betas (0.5, 0.999)."""
+        cfg = self.cfg
+        groups = [{"params": list(self.generator.parameters()),
+                   "lr": cfg.lr_g_meta if cfg.lr_g_meta is not None else cfg.lr_g * cfg.g_steps}]
+        if self.z is not None:
+            groups.append({"params": [self.z], "lr": cfg.lr_z_meta})
+        return self.adam(groups, cfg.lr_g, (0.5, 0.999))
+
     def latents(self, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        if not self.cfg.meta_z:
+        cfg = self.cfg
+        if not cfg.meta_z:
             return super().latents(epoch)
-        if epoch != self.z_epoch and epoch > 0 and epoch % self.cfg.z_reinit == 0:
+        if self.every(epoch, cfg.z_reinit):  # re-sample z and rebuild the meta-optimiser
             with torch.no_grad():
                 self.z.normal_()
-            self.z_targets = sample_targets(self.cfg.batch_size, self.cfg.num_classes, self.cfg.balanced_targets,
-                                            self.device)
-            self.meta_optimizer.state.pop(self.z, None)
-        self.z_epoch = epoch
-        return self.z.detach().clone().requires_grad_(True), self.z_targets
+            self.meta_optimizer = self.build_meta_optimizer()
+        targets = sample_targets(cfg.batch_size, cfg.num_classes, cfg.balanced_targets, self.device)
+        return self.z.detach().clone().requires_grad_(True), targets
 
     def run_round(self, z: torch.Tensor, targets: torch.Tensor, epoch: int):
         self.meta_optimizer.zero_grad(set_to_none=True)
@@ -156,13 +163,11 @@ class FastMetaSynthesizer(FastSynthesizer):
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "meta_optimizer": self.meta_optimizer.state_dict(),
-                "z": self.z.detach() if self.z is not None else None, "z_targets": self.z_targets,
-                "z_epoch": self.z_epoch}
+                "z": self.z.detach() if self.z is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         if self.z is not None and state.get("z") is not None:
             with torch.no_grad():
                 self.z.copy_(state["z"])
-            self.z_targets, self.z_epoch = state["z_targets"].to(self.device), state["z_epoch"]
         self.meta_optimizer.load_state_dict(state["meta_optimizer"])

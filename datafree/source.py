@@ -24,6 +24,7 @@ class DataFreeSource:
         self.synth, self.batch_size = synthesizer, batch_size
         self.kd_steps, self.ep_steps, self.warmup = kd_steps, ep_steps, warmup
         self.rounds = ep_steps // kd_steps
+        synthesizer.rounds_per_epoch = self.rounds
         self.logger, self.image_dir = logger, image_dir
         self.epoch = 0
         self._stats: Dict[str, float] = {}
@@ -38,6 +39,7 @@ class DataFreeSource:
     def __iter__(self) -> Iterator[torch.Tensor]:
         sums: Dict[str, float] = {}
         for r in range(self.rounds):
+            self.synth.round_in_epoch = r
             stats = self.synth.synthesize(self.epoch)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.1, help="student SGD learning rate")
     p.add_argument("--weight_decay", type=float, default=1e-4)
     p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--eta_min", type=float, default=2e-4,
+                   help="floor of the student's cosine schedule (the CIFAR reference's 2e-4; its ImageNet runs use 0)")
     p.add_argument("--T", type=float, default=None,
                    help="KD temperature (default: the method's published runs: 20 for the pool methods, "
                         "1 for dafl/zskt/dfq)")
@@ -74,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--is_maml", type=int, default=1, help="1 FOMAML (trajectory sum), 0 Reptile, 2 second-order")
     g.add_argument("--reset_l0", type=int, default=0, help="re-initialise the generator's first layer at --reset_epoch")
     g.add_argument("--reset_bn", type=int, default=0, help="reset the generator's BN layers at --reset_epoch")
-    g.add_argument("--reset_epoch", type=int, default=None, help="default warmup + 120 (the reference)")
+    g.add_argument("--reset_epoch", type=int, default=None,
+                   help="epoch (1-based, as the log counts) of --reset_l0/--reset_bn; default warmup + 120 "
+                        "(the reference's round 120 + warmup at one round per epoch)")
     g.add_argument("--balanced_targets", action="store_true", help="equal share of each class per batch")
     g.add_argument("--cr", type=float, default=1.0, help="CMI: weight of the contrastive term")
     g.add_argument("--cr_T", type=float, default=0.5, help="CMI: contrastive temperature")
@@ -88,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--meta_z", action="store_true", help="fast_meta: persistent, meta-learned latents")
     g.add_argument("--lr_g_meta", type=float, default=None, help="fast_meta meta lr of G (default lr_g * g_steps)")
     g.add_argument("--lr_z_meta", type=float, default=5e-3, help="fast_meta meta lr of the latents (--meta_z)")
-    g.add_argument("--z_reinit", type=int, default=50, help="with --meta_z: re-sample latents every N epochs")
+    g.add_argument("--z_reinit", type=float, default=5.0,
+                   help="with --meta_z: re-sample latents every N epochs, counted in rounds (default 5: the "
+                        "logged ImageNet runs' every 50 rounds at 10 rounds per epoch)")
     g.add_argument("--reptile_scale", type=float, default=67.0, help="Reptile gradient factor (--is_maml 0)")
     g.add_argument("--syn_amp", default="off", choices=["off", "bf16"],
                    help="bf16 autocast of the synthesis forwards (the reference runs them in fp32)")
@@ -152,11 +158,13 @@ def run(argv: Optional[list] = None) -> dict:
         pad=spec.pad if spec.train_aug in ("crop", "crop_flip") else 0,
         flip=spec.train_aug in ("crop_flip", "rrc_flip"),
         augment="rrc_flip" if spec.train_aug == "rrc_flip" else "crop_flip", generator=args.generator,
+        # ImageNet-style sets: KD samples get the train transform, RandomResizedCrop(0.08-1) + flip
+        kd_augment="rrc_flip" if spec.train_aug == "rrc_flip" else None,
         keep=args.keep, meta_z=args.meta_z, lr_g_meta=args.lr_g_meta, lr_z_meta=args.lr_z_meta,
         z_reinit=args.z_reinit, reptile_scale=args.reptile_scale,
         opt_impl=args.opt_impl, amp=args.syn_amp, compile=args.compile)
     train = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                        schedule="cosine", eta_min=2e-4, amp=args.amp, log_every=args.log_every,
+                        schedule="cosine", eta_min=args.eta_min, amp=args.amp, log_every=args.log_every,
                         opt_impl=args.opt_impl, compile=args.compile,
                         save_dir=args.save_dir, progress=not args.no_progress)
     init = load_image_set(args.cmi_init, spec.image_size, spec.in_chans) if args.cmi_init else None

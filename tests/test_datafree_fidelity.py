@@ -98,3 +98,124 @@ def test_data_free_trainer_runs_the_published_student_loss(tmp_path, method, for
     assert trainer.objective.T == 1.0
     trainer.logger.close()
     assert f"student loss: {formula}" in (tmp_path / "log.txt").read_text()
+
+
+# ---- item 3: CMI as published ------------------------------------------------------------------
+from datafree import SYNTHESIZERS, SynthesisConfig  # noqa: E402
+from datafree.source import DataFreeSource  # noqa: E402
+from registry.models import get_model  # noqa: E402
+
+
+def test_cmi_adversarial_term_from_the_first_round():
+    s = make("cmi", warmup=5, cr=0.8, cr_T=0.2, bank_size=64, n_neg=8)
+    assert "syn_adv" in s.synthesize(epoch=0)
+    assert "syn_adv" not in make("fast_meta", warmup=5).synthesize(epoch=0)  # fast_meta keeps its gate
+
+
+def test_cmi_resnet34_teacher_reads_the_inputs_of_its_stages():
+    torch.manual_seed(0)
+    teacher = get_model("resnet34", num_classes=10).eval().requires_grad_(False)
+    assert teacher.cmi_taps == ["layer1:in", "layer2:in", "layer3:in", "layer4:in"]
+    cfg = SynthesisConfig(num_classes=10, img_size=32, nc=3, batch_size=2, g_steps=1, nz=8, ngf=4,
+                          bank_size=16, n_neg=4)
+    s = SYNTHESIZERS["cmi"](teacher, TinyBNNet(in_chans=3, num_classes=10, width=4), cfg, torch.device("cpu"))
+    assert s._order == teacher.cmi_taps
+    assert s.head.net[0].in_features == 64 + 64 + 128 + 256  # the stage inputs' channel means
+    other = get_model("resnet18", num_classes=10).eval().requires_grad_(False)
+    s18 = SYNTHESIZERS["cmi"](other, TinyBNNet(in_chans=3, num_classes=10, width=4), cfg, torch.device("cpu"))
+    assert len(s18._order) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in other.modules())
+
+
+# ---- item 4: round counting --------------------------------------------------------------------
+@pytest.mark.parametrize("rounds", [1, 10])
+def test_epoch_schedules_fire_at_the_reference_rounds(rounds):
+    """warmup 2, reset at epoch 3, latents re-sampled every epoch, over 4 epochs: the reference's
+    1-based round counter gives adv from round 2R, the reset in round 3R only, re-samples at kR."""
+    s = make("fast_meta", warmup=2, reset_l0=True, reset_epoch=3, meta_z=True, z_reinit=1, g_steps=1)
+    adv, resets, resamples = [], [], []
+    source = DataFreeSource(s, batch_size=2, kd_steps=1, ep_steps=rounds, warmup=2)
+    orig_losses, orig_reset, orig_build = s.inversion_losses, s.generator.reset_l0, s.build_meta_optimizer
+
+    def losses(x, y, epoch):
+        out = orig_losses(x, y, epoch)
+        adv.append("adv" in out)
+        return out
+
+    s.inversion_losses = losses
+    s.generator.reset_l0 = lambda: resets.append(s.round_number(source.epoch)) or orig_reset()
+    s.build_meta_optimizer = lambda: resamples.append(s.round_number(source.epoch)) or orig_build()
+    for epoch in range(4):
+        source.set_epoch(epoch)
+        for _ in source:
+            pass
+    n = 4 * rounds
+    assert adv == [r >= 2 * rounds for r in range(1, n + 1)]
+    assert resets == [3 * rounds]
+    assert resamples == [rounds * k for k in (1, 2, 3, 4)]
+
+
+def test_sweeps_scale_the_reset_epoch_with_the_budget():
+    import argparse
+
+    import bench.reproduce as rp
+
+    p = rp.PROTOCOLS["cifar10"]
+    for budget, want in ((1.0, "140"), (0.05, "7")):
+        b = rp.resolve_budget(p, argparse.Namespace(budget=budget, warmup=None, epochs=None, steps=None,
+                                                    batch=None, g_scale=1.0))
+        argv = rp.datafree_argv(p, "fast5", p.pairs[0], b, "cifar10", "T.pt", 0, "out",
+                                argparse.Namespace(data_root=".", download=False, device="cpu", amp="off"))
+        at = argv[argv.index("--reset_epoch") + 1]
+        assert at == want and int(at) <= b["epochs"]
+    assert "--reset_epoch" not in rp.datafree_argv(p, "cmi", p.pairs[0], b, "cifar10", "T.pt", 0, "out",
+                                                   argparse.Namespace(data_root=".", download=False,
+                                                                      device="cpu", amp="off"))
+
+
+def test_log_says_when_no_reset_will_happen(tmp_path):
+    synth = make("fast_meta")
+    train = TrainConfig(epochs=3, lr=0.05, save_dir=str(tmp_path), progress=False)
+    trainer = build_trainer(synth.teacher, synth.student, "fast_meta", tiny_cfg(reset_l0=True), train, None,
+                            batch_size=4, kd_steps=1, ep_steps=2, device=torch.device("cpu"))
+    trainer.logger.close()
+    assert "no reset will happen" in (tmp_path / "log.txt").read_text()
+
+
+# ---- item 5: the ImageNet recipe as logged -------------------------------------------------------
+def test_meta_latents_persist_but_targets_are_drawn_every_round():
+    s = make("fast_meta", meta_z=True, z_reinit=100)
+    z1, y1 = s.latents(0)
+    s.round_in_epoch = 1
+    z2, y2 = s.latents(0)
+    assert torch.equal(z1, z2) and not torch.equal(y1, y2)
+
+
+def test_kd_samples_get_their_own_augmentation():
+    s = make("fast_meta", augment="rrc_flip", rrc_scale=(0.75, 1.0), kd_augment="rrc_flip")
+    assert s.augment[0].scale == (0.75, 1.0) and s.kd_augment[0].scale == (0.08, 1.0)
+    s.synthesize(epoch=0)
+    assert s.sample(3).shape == (3, 1, 8, 8)
+    cifar = make("fast_meta")
+    assert cifar.kd_augment is cifar.augment  # CIFAR: KD samples get the same crop + flip
+
+
+def test_fast_imagenet_script_matches_the_logged_hyper_parameters():
+    import os
+    import re
+    import shlex
+
+    from kd import faster_data_free_kd as dfkd
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts", "fast_imagenet.sh")
+    text = open(path).read()
+    defaults = dict(re.findall(r"^(\w+)=\$\{\w+:-([^}]*)\}", text, flags=re.M))  # VAR=${VAR:-default}
+    cmd = text[text.index("python kd/faster_data_free_kd.py"):].replace("\\\n", " ")
+    cmd = re.sub(r'"\$\{INIT\[@\]\}"|\$\{EXTRA:-\}', "", cmd)
+    cmd = re.sub(r'"\$(\w+)"', lambda m: defaults.get(m.group(1), "X"), cmd)
+    words = shlex.split(cmd)[2:]
+    a = dfkd.build_parser().parse_known_args(words)[0]
+    rounds_per_epoch = a.ep_steps // a.kd_steps
+    assert (a.g_steps, a.kd_steps, a.ep_steps, a.batch_size, a.T) == (50, 100, 1000, 100, 5.0)
+    assert a.z_reinit * rounds_per_epoch == 50 and a.meta_z and a.is_maml == 0 and a.reptile_scale == 1.0
+    assert (a.bn, a.oh, a.bn_mmt, a.lr_g, a.lr_z, a.lr_g_meta, a.lr_z_meta) == (0.1, 0.1, 0.9, 2e-4, 0.01, 1e-4, 5e-3)
+    assert a.eta_min == 0 and a.keep == "last" and a.lr == 0.1 and a.warmup == 0

@@ -119,9 +119,11 @@ def test_second_order_meta_gradient_flows_through_the_inner_loop():
 
 
 def test_adversarial_term_only_after_warmup():
+    # the reference's gate ep >= warmup with ep the 1-based round count: at one round per epoch
+    # the term already acts in the last synthesis-only epoch (index warmup - 1)
     s = make(warmup=2)
-    assert "syn_adv" not in s.synthesize(epoch=1)
-    assert "syn_adv" in s.synthesize(epoch=2)
+    assert "syn_adv" not in s.synthesize(epoch=0)
+    assert "syn_adv" in s.synthesize(epoch=1)
 
 
 def test_reset_l0_at_the_reset_epoch():
@@ -131,12 +133,17 @@ def test_reset_l0_at_the_reset_epoch():
     s.cfg.is_maml = 0
     s.meta_optimizer.step = lambda *a, **k: None
     s.inner_loop = lambda g, z, y, e, after_backward=None: (torch.rand(6, 1, 8, 8), torch.zeros(()), {})
+    s.rounds_per_epoch = 2  # --reset_epoch 3 (1-based) = round number 6: epoch index 2, its last round
+    for epoch, r in ((1, 1), (2, 0)):
+        s.round_in_epoch = r
+        s.synthesize(epoch=epoch)
+        assert torch.equal(s.generator.l1.weight, w)
+    s.round_in_epoch = 1
     s.synthesize(epoch=2)
-    assert torch.equal(s.generator.l1.weight, w)
-    s.synthesize(epoch=3)
     assert not torch.equal(s.generator.l1.weight, w)
     w3 = s.generator.l1.weight.detach().clone()
-    s.synthesize(epoch=3)  # a second round in the same epoch does not reset again
+    s.round_in_epoch = 0
+    s.synthesize(epoch=3)  # later rounds do not reset again
     assert torch.equal(s.generator.l1.weight, w3)
 
 
@@ -251,7 +258,7 @@ def test_resumed_data_free_run_equals_uninterrupted(tmp_path):
 
 
 def test_reset_bn_restores_generator_batchnorm_at_the_reset_epoch():
-    s = make("fast", reset_bn=True, reset_epoch=1)
+    s = make("fast", reset_bn=True, reset_epoch=2)  # 1-based: epoch index 1
     bn = s.generator.conv_blocks[0]
     s.synthesize(epoch=0)  # trains G in place: BN parameters and running statistics move
     assert not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))

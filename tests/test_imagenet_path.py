@@ -39,12 +39,15 @@ def test_imagenet_setting_end_to_end(tmp_path):
     trainer.fit(until_epoch=1)
     assert not torch.equal(synth.z, z_before), "the latents are meta-learned"
     assert len(synth.pool) == 6 + 2 * 4
-    z_learned = synth.z.detach().clone()
-    trainer.fit(until_epoch=2)  # epoch 1: no re-sampling yet
-    moved = (synth.z - z_learned).abs().max().item()
-    trainer.fit()  # epoch 2 = z_reinit: the latents are drawn afresh
-    jump = (synth.z - z_learned).abs().max().item()
-    assert jump > 10 * moved
+    rebuilt = []
+    build = synth.build_meta_optimizer
+    synth.build_meta_optimizer = lambda: rebuilt.append(synth.round_number(trainer.source.epoch)) or build()
+    trainer.fit(until_epoch=2)  # z_reinit 2 epochs = 4 rounds at 2 rounds per epoch: round 4 re-samples
+    assert rebuilt == [4]
+    g0 = next(synth.generator.parameters())
+    assert float(synth.meta_optimizer.state[g0]["step"]) == 1  # rebuilt at round 4: one step since
+    trainer.fit()  # rounds 5 and 6: no re-sample
+    assert rebuilt == [4]
     assert (tmp_path / "run" / "images" / "epoch0002.png").exists()
     assert trainer.history[-1]["steps"] == 2
 
