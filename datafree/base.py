@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -93,6 +93,7 @@ class SynthesisConfig:
     # synthesis forwards (off | bf16; the reference runs fp32), torch.compile of the generator,
     # channels_last generator output (None: on for CUDA)
     opt_impl: str = "auto"
+    seed: int = 0  # the pool's shuffle
     amp: str = "off"
     compile: bool = False
     channels_last: Optional[bool] = None
@@ -163,6 +164,18 @@ class Synthesizer:
     student_loss = "kl"
     student_T: Optional[float] = None
     adv_warmup = True  # the adversarial term only from --warmup on (fast, fast_meta; not cmi)
+    # the method-specific synthesis flags this method reads (kd/faster_data_free_kd.py names any
+    # other given one in a warning); every method reads g_steps, lr_g, bn, oh, adv, syn_amp, kd_loss
+    reads: ClassVar[FrozenSet[str]] = frozenset()
+    POOL_FLAGS: ClassVar[FrozenSet[str]] = frozenset({"pool_storage", "pool_capacity", "cmi_init"})
+    SHARED_FLAGS: ClassVar[FrozenSet[str]] = frozenset({"g_steps", "lr_g", "bn", "oh", "adv", "syn_amp", "kd_loss"})
+
+    @classmethod
+    def unused_flags(cls, given: Iterable[str], cfg: Optional["SynthesisConfig"] = None) -> List[str]:
+        """Those of the ``given`` synthesis flags (``dest`` names) that this method does not read
+        (with ``cfg``, also the ones its settings switch off)."""
+        used = cls.reads | cls.SHARED_FLAGS | (cls.POOL_FLAGS if cls.uses_pool else frozenset())
+        return sorted(f for f in given if f not in used)
 
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         self.teacher, self.student, self.cfg, self.device = teacher, student, cfg, torch.device(device)
@@ -173,7 +186,7 @@ class Synthesizer:
         # where the current round sits (set by the batch source before each synthesize()):
         # schedules are given in epochs and fire at exact rounds for any rounds per epoch
         self.rounds_per_epoch, self.round_in_epoch = 1, 0
-        self.pool = ImagePool(self.device, cfg.pool_storage, cfg.pool_capacity)
+        self.pool = ImagePool(self.device, cfg.pool_storage, cfg.pool_capacity, seed=cfg.seed)
         self.bn_loss: Optional[BNStatLoss] = None
         if cfg.bn > 0:
             self.bn_loss = BNStatLoss(teacher, cfg.bn_mmt)

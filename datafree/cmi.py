@@ -77,6 +77,7 @@ def reinit_generator(g: nn.Module) -> None:
 
 class CMISynthesizer(Synthesizer):
     adv_warmup = False  # the adversarial term from the first round
+    reads = frozenset({"nz", "ngf", "cr", "cr_T", "cmi_layers", "balanced_targets", "keep"})
 
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         super().__init__(teacher, student, cfg, device)

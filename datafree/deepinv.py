@@ -46,6 +46,8 @@ def jitter_flip(x: torch.Tensor, dy: int, dx: int, flip: bool) -> torch.Tensor:
 
 
 class DeepInversionSynthesizer(Synthesizer):
+    reads = frozenset({"balanced_targets", "keep"})
+
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         super().__init__(teacher, student, cfg, device)
         self.tv, self.l2 = cfg.tv, cfg.l2

@@ -21,6 +21,8 @@ from datafree.base import BestBatch, Synthesizer, SynthesisConfig, build_generat
 
 class FastSynthesizer(Synthesizer):
     generator_runs_inner_loop = True  # fast_meta runs its inner loop on a copy instead
+    reads = frozenset({"nz", "ngf", "lr_z", "bn_mmt", "reset_l0", "reset_bn", "reset_epoch", "balanced_targets",
+                       "generator", "keep"})
 
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         super().__init__(teacher, student, cfg, device)

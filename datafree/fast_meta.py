@@ -77,6 +77,17 @@ def _accumulate(p: torch.Tensor, g: Optional[torch.Tensor]) -> None:
 
 class FastMetaSynthesizer(FastSynthesizer):
     generator_runs_inner_loop = False
+    reads = FastSynthesizer.reads | {"is_maml", "meta_z", "lr_g_meta", "lr_z_meta", "z_reinit", "reptile_scale"}
+
+    @classmethod
+    def unused_flags(cls, given, cfg=None):
+        unused = super().unused_flags(given, cfg)
+        if cfg is not None:
+            if not cfg.meta_z:
+                unused += [f for f in ("z_reinit", "lr_z_meta") if f in given]
+            if cfg.is_maml != 0 and "reptile_scale" in given:
+                unused.append("reptile_scale")
+        return sorted(unused)
 
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         super().__init__(teacher, student, cfg, device)

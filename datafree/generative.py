@@ -52,6 +52,7 @@ class GenerativeSynthesizer(Synthesizer):
     uses_pool = False
     l1_adversary = False  # DFAD: L1 between logits instead of KL
     student_T = 1.0  # the published runs' student loss: KL at T = 1 ...
+    reads = frozenset({"nz", "ngf", "act", "balance"})
 
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
         super().__init__(teacher, student, cfg, device)

@@ -18,7 +18,9 @@ def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--data_root", default="./data/torchdata", help="dataset folder (downloaded into when online)")
     g.add_argument("--save_dir", default=None, help="output folder (checkpoints, log.txt, TensorBoard, metrics.json)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seeds Python, NumPy, torch and the image pool's shuffle")
+    g.add_argument("--deterministic", action="store_true",
+                   help="cudnn.deterministic on and cudnn.benchmark off (slower on CUDA; bitwise-repeatable convolutions)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                    help="mixed precision on CUDA (auto = bf16); always off on CPU")
@@ -48,9 +50,31 @@ def apply_preset(args: argparse.Namespace, preset: dict, argv: Optional[list] = 
     return given
 
 
+def given_flags(parser: argparse.ArgumentParser, argv: Optional[list] = None) -> set:
+    """The ``dest`` names of the options given on the command line (``--x v``, ``--x=v`` and the
+    abbreviations argparse accepts)."""
+    argv = list(argv if argv is not None else sys.argv[1:])
+    options = parser._option_string_actions
+    given = set()
+    for token in argv:
+        if not token.startswith("-") or token == "-" or token == "--":
+            continue
+        name = token.split("=", 1)[0]
+        action = options.get(name)
+        if action is None and name.startswith("--"):
+            matches = [a for k, a in options.items() if k.startswith(name)]
+            action = matches[0] if len({id(a) for a in matches}) == 1 else None
+        if action is not None:
+            given.add(action.dest)
+    return given
+
+
 def prepare_run(args: argparse.Namespace, name: str):
     """Seed, pick the device, create ``save_dir`` and its logger; find a resume checkpoint."""
     seed_everything(args.seed)
+    if getattr(args, "deterministic", False):
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     device = resolve_device(args.device)
     os.makedirs(args.save_dir, exist_ok=True)
     logger = RunLogger(args.save_dir, name=name)

@@ -21,11 +21,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datafree import SYNTHESIZERS, SynthesisConfig  # noqa: E402
-from datafree.api import build_trainer  # noqa: E402
+from datafree.api import build_trainer, student_loss  # noqa: E402
 from datafree.pool import load_image_set  # noqa: E402
 from engine.checkpoint import load_weights  # noqa: E402
 from engine.data import build_loader  # noqa: E402
-from engine.launch import add_common_args, apply_preset, prepare_run, run_main  # noqa: E402
+from engine.launch import add_common_args, apply_preset, given_flags, prepare_run, run_main  # noqa: E402
 from engine.trainer import TrainConfig, evaluate  # noqa: E402
 from registry.datasets import dataset_spec  # noqa: E402
 from registry.models import get_model  # noqa: E402
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=0, help="epochs of synthesis only, before KD starts")
     p.add_argument("--kd_steps", type=int, default=400, help="student steps after each synthesis round")
     p.add_argument("--ep_steps", type=int, default=400, help="student steps per epoch")
-    g = p.add_argument_group("synthesis")
+    g = p.add_argument_group(SYNTHESIS_GROUP)
     g.add_argument("--g_steps", type=int, default=1, help="generator steps per round")
     g.add_argument("--nz", type=int, default=None, help="latent size (default 512 for dafl, else 256)")
     g.add_argument("--ngf", type=int, default=64, help="generator width (the reference's 64)")
@@ -106,6 +106,28 @@ def build_parser() -> argparse.ArgumentParser:
     return add_common_args(p)
 
 
+SYNTHESIS_GROUP = "synthesis"
+
+
+def synthesis_flags(parser: argparse.ArgumentParser) -> set:
+    """The ``dest`` names of the method-dependent flags: the synthesis group, and --kd_loss."""
+    group = next(g for g in parser._action_groups if g.title == SYNTHESIS_GROUP)
+    return {a.dest for a in group._group_actions} | {"kd_loss"}
+
+
+def warn_unused(args: argparse.Namespace, syn: SynthesisConfig, argv: Optional[list] = None) -> list:
+    """One warning line per given flag that ``args.method`` does not use; returns the flags."""
+    parser = build_parser()
+    given = given_flags(parser, argv)
+    cls = SYNTHESIZERS[args.method]
+    unused = [f"--{f}" for f in cls.unused_flags(given & synthesis_flags(parser), syn)]
+    if "T" in given and student_loss(args.method, args.kd_loss, args.T).loss == "l1":
+        unused.append("--T (the L1 student loss has no temperature; --kd_loss kl uses it)")
+    for flag in unused:
+        print(f"warning: {args.method} does not use {flag}", file=sys.stderr)
+    return unused
+
+
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.quick:
@@ -120,11 +142,34 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     return args
 
 
+def synthesis_config(args: argparse.Namespace, spec) -> SynthesisConfig:
+    """The synthesis settings of a command line on dataset ``spec``."""
+    return SynthesisConfig(
+        num_classes=spec.num_classes, img_size=spec.image_size, nc=spec.in_chans, mean=spec.mean, std=spec.std,
+        batch_size=args.synthesis_batch_size, g_steps=args.g_steps, nz=args.nz, ngf=args.ngf,
+        lr_g=args.lr_g, lr_z=args.lr_z,
+        bn=args.bn, oh=args.oh, adv=args.adv, act=args.act, balance=args.balance, bn_mmt=args.bn_mmt,
+        is_maml=args.is_maml, reset_l0=bool(args.reset_l0), reset_bn=bool(args.reset_bn),
+        reset_epoch=args.reset_epoch, warmup=args.warmup, balanced_targets=args.balanced_targets,
+        pool_storage=args.pool_storage, pool_capacity=args.pool_capacity, cr=args.cr, cr_T=args.cr_T,
+        cmi_layers=args.cmi_layers,
+        pad=spec.pad if spec.train_aug in ("crop", "crop_flip") else 0,
+        flip=spec.train_aug in ("crop_flip", "rrc_flip"),
+        augment="rrc_flip" if spec.train_aug == "rrc_flip" else "crop_flip", generator=args.generator,
+        # ImageNet-style sets: KD samples get the train transform, RandomResizedCrop(0.08-1) + flip
+        kd_augment="rrc_flip" if spec.train_aug == "rrc_flip" else None,
+        keep=args.keep, meta_z=args.meta_z, lr_g_meta=args.lr_g_meta, lr_z_meta=args.lr_z_meta,
+        z_reinit=args.z_reinit, reptile_scale=args.reptile_scale,
+        opt_impl=args.opt_impl, seed=args.seed, amp=args.syn_amp, compile=args.compile)
+
+
 def run(argv: Optional[list] = None) -> dict:
     args = parse_args(argv)
     spec = dataset_spec(args.dataset)
     if args.method not in SYNTHESIZERS:
         raise KeyError(f"unknown data-free method {args.method!r}. Valid methods: {', '.join(sorted(SYNTHESIZERS))}")
+    syn = synthesis_config(args, spec)
+    warn_unused(args, syn, argv)
     if args.quick and args.teacher_ckpt is None:
         import cifar100
 
@@ -146,23 +191,6 @@ def run(argv: Optional[list] = None) -> dict:
             out["student_top1"] = evaluate(student.to(device), test_loader, device)["top1"]
             logger.info(f"student {args.student} ({resume}): test top1 {out['student_top1']:.2f}")
         return out
-    syn = SynthesisConfig(
-        num_classes=spec.num_classes, img_size=spec.image_size, nc=spec.in_chans, mean=spec.mean, std=spec.std,
-        batch_size=args.synthesis_batch_size, g_steps=args.g_steps, nz=args.nz, ngf=args.ngf,
-        lr_g=args.lr_g, lr_z=args.lr_z,
-        bn=args.bn, oh=args.oh, adv=args.adv, act=args.act, balance=args.balance, bn_mmt=args.bn_mmt,
-        is_maml=args.is_maml, reset_l0=bool(args.reset_l0), reset_bn=bool(args.reset_bn),
-        reset_epoch=args.reset_epoch, warmup=args.warmup, balanced_targets=args.balanced_targets,
-        pool_storage=args.pool_storage, pool_capacity=args.pool_capacity, cr=args.cr, cr_T=args.cr_T,
-        cmi_layers=args.cmi_layers,
-        pad=spec.pad if spec.train_aug in ("crop", "crop_flip") else 0,
-        flip=spec.train_aug in ("crop_flip", "rrc_flip"),
-        augment="rrc_flip" if spec.train_aug == "rrc_flip" else "crop_flip", generator=args.generator,
-        # ImageNet-style sets: KD samples get the train transform, RandomResizedCrop(0.08-1) + flip
-        kd_augment="rrc_flip" if spec.train_aug == "rrc_flip" else None,
-        keep=args.keep, meta_z=args.meta_z, lr_g_meta=args.lr_g_meta, lr_z_meta=args.lr_z_meta,
-        z_reinit=args.z_reinit, reptile_scale=args.reptile_scale,
-        opt_impl=args.opt_impl, amp=args.syn_amp, compile=args.compile)
     train = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                         schedule="cosine", eta_min=args.eta_min, amp=args.amp, log_every=args.log_every,
                         opt_impl=args.opt_impl, compile=args.compile,

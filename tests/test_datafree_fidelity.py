@@ -103,6 +103,7 @@ def test_data_free_trainer_runs_the_published_student_loss(tmp_path, method, for
 # ---- item 3: CMI as published ------------------------------------------------------------------
 from datafree import SYNTHESIZERS, SynthesisConfig  # noqa: E402
 from datafree.source import DataFreeSource  # noqa: E402
+from registry.datasets import dataset_spec  # noqa: E402
 from registry.models import get_model  # noqa: E402
 
 
@@ -219,3 +220,55 @@ def test_fast_imagenet_script_matches_the_logged_hyper_parameters():
     assert a.z_reinit * rounds_per_epoch == 50 and a.meta_z and a.is_maml == 0 and a.reptile_scale == 1.0
     assert (a.bn, a.oh, a.bn_mmt, a.lr_g, a.lr_z, a.lr_g_meta, a.lr_z_meta) == (0.1, 0.1, 0.9, 2e-4, 0.01, 1e-4, 5e-3)
     assert a.eta_min == 0 and a.keep == "last" and a.lr == 0.1 and a.warmup == 0
+
+
+# ---- item 7: no silent flags -----------------------------------------------------------------
+from kd import faster_data_free_kd as dfkd  # noqa: E402
+
+
+@pytest.mark.parametrize("method,flags,named", [
+    ("deepinv", ["--is_maml", "1"], ["--is_maml"]),
+    ("fast_meta", ["--cr", "0.5"], ["--cr"]),
+    ("fast", ["--act", "0.1", "--reset_l0", "1"], ["--act"]),
+    ("fast_meta", ["--z_reinit", "3"], ["--z_reinit"]),  # no --meta_z: nothing re-samples
+    ("dfad", ["--T", "20", "--pool_capacity", "10"], ["--pool_capacity", "--T"]),
+    ("fast_meta", ["--is_maml", "0", "--reptile_scale", "1", "--lr_z", "0.1"], []),
+    ("cmi", ["--cmi_layers", "layer1:in", "--cr_T", "0.2", "--keep", "last"], []),
+])
+def test_unused_flags_are_named(capsys, method, flags, named):
+    argv = ["--method", method, "--dataset", "digits"] + flags
+    args = dfkd.parse_args(argv)
+    dfkd.warn_unused(args, dfkd.synthesis_config(args, dataset_spec("digits")), argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == len(named)
+    for line, flag in zip(err, named):
+        assert line.startswith(f"warning: {method} does not use {flag}")
+
+
+def test_seed_reaches_the_pool_shuffle():
+    from datafree.pool import ImagePool
+
+    args = dfkd.parse_args(["--method", "fast_meta", "--dataset", "digits", "--seed", "7"])
+    assert dfkd.synthesis_config(args, dataset_spec("digits")).seed == 7
+    orders = []
+    for seed in (0, 7, 7):
+        pool = ImagePool("cpu", seed=seed)
+        pool.add(torch.arange(16, dtype=torch.float32).view(16, 1, 1, 1) / 15)
+        orders.append(pool.sample(16).flatten().tolist())
+    assert orders[1] == orders[2] and orders[0] != orders[1]
+    s = make("fast_meta", seed=7)
+    assert s.pool.generator.initial_seed() == 7
+
+
+def test_deterministic_flag_sets_cudnn(tmp_path):
+    from engine.launch import prepare_run
+
+    before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        args = dfkd.parse_args(["--dataset", "digits", "--deterministic", "--save_dir", str(tmp_path)])
+        torch.backends.cudnn.benchmark = True
+        _, logger, _ = prepare_run(args, "x")
+        logger.close()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
