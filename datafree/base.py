@@ -55,6 +55,7 @@ class SynthesisConfig:
     balance: float = 0.0
     bn_mmt: float = 0.9
     is_maml: int = 1
+    maml_truncate: Optional[int] = None  # is_maml 2: differentiate through the last k inner steps only
     reset_l0: bool = False
     reset_bn: bool = False
     reset_epoch: Optional[int] = None  # 1-based epoch when reset_l0/reset_bn act; None: warmup + 120 (reference)

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--balance", type=float, default=0.0, help="weight of the class-balance term")
     g.add_argument("--bn_mmt", type=float, default=0.0, help="momentum of the BN-statistics EMA")
     g.add_argument("--is_maml", type=int, default=1, help="1 FOMAML (trajectory sum), 0 Reptile, 2 second-order")
+    g.add_argument("--maml_truncate", type=int, default=None,
+                   help="--is_maml 2: back-propagate through the last K inner steps only (bounds memory; 0 = FOMAML)")
     g.add_argument("--reset_l0", type=int, default=0, help="re-initialise the generator's first layer at --reset_epoch")
     g.add_argument("--reset_bn", type=int, default=0, help="reset the generator's BN layers at --reset_epoch")
     g.add_argument("--reset_epoch", type=int, default=None,
@@ -149,7 +151,7 @@ def synthesis_config(args: argparse.Namespace, spec) -> SynthesisConfig:
         batch_size=args.synthesis_batch_size, g_steps=args.g_steps, nz=args.nz, ngf=args.ngf,
         lr_g=args.lr_g, lr_z=args.lr_z,
         bn=args.bn, oh=args.oh, adv=args.adv, act=args.act, balance=args.balance, bn_mmt=args.bn_mmt,
-        is_maml=args.is_maml, reset_l0=bool(args.reset_l0), reset_bn=bool(args.reset_bn),
+        is_maml=args.is_maml, maml_truncate=args.maml_truncate, reset_l0=bool(args.reset_l0), reset_bn=bool(args.reset_bn),
         reset_epoch=args.reset_epoch, warmup=args.warmup, balanced_targets=args.balanced_targets,
         pool_storage=args.pool_storage, pool_capacity=args.pool_capacity, cr=args.cr, cr_T=args.cr_T,
         cmi_layers=args.cmi_layers,

@@ -272,3 +272,88 @@ def test_deterministic_flag_sets_cudnn(tmp_path):
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+
+
+# ---- item 9: second-order MAML through a differentiable Adam -----------------------------------
+from datafree.fast_meta import adam_step, copy_weights  # noqa: E402
+
+
+def test_functional_adam_matches_torch_adam():
+    torch.manual_seed(0)
+    a = torch.randn(5, requires_grad=True)
+    b = a.detach().clone()
+    m, v = torch.zeros(5), torch.zeros(5)
+    opt = torch.optim.Adam([a], lr=0.05, betas=(0.5, 0.999))
+    for step in range(1, 6):
+        target = torch.randn(5)
+        loss = ((a - target) ** 4).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        g = 4 * (b - target) ** 3
+        b, m, v = adam_step(b, g, m, v, step, lr=0.05)
+    assert torch.allclose(a.detach(), b, atol=1e-6)
+
+
+def _maml2(**kw):
+    # deterministic augmentation (no crop, no flip) so that the loss is a function of theta alone
+    s = make("fast_meta", is_maml=2, g_steps=3, keep="last", pad=0, flip=False, warmup=0, **kw)
+    torch.manual_seed(1)
+    z = torch.randn(s.generator.latent_shape(6), requires_grad=True)
+    y = torch.randint(4, (6,))
+    return s, z, y
+
+
+def test_truncated_to_zero_steps_is_the_gradient_at_the_adapted_weights():
+    s, z, y = _maml2(maml_truncate=0)
+    with s.synthesis():
+        s.meta_optimizer.zero_grad(set_to_none=True)
+        s._second_order_round(z.detach().clone().requires_grad_(), y, epoch=0)
+        meta = [p.grad.clone() for p in s.generator.parameters()]
+        # the first-order path's inner loop (torch.optim.Adam on a module copy) to theta'_K, then dL/dtheta'_K
+        fast = s.fast_generator
+        copy_weights(fast, s.generator)
+        fast.train()
+        z_k = z.detach().clone().requires_grad_()
+        s.inner_loop(fast, z_k, y, 0)
+        fast.zero_grad(set_to_none=True)
+        sum(s.inversion_losses(s.augment(fast(z_k)), y, 0).values()).backward()
+    for g, p in zip(meta, fast.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-3, atol=1e-6)
+
+
+def test_second_order_meta_gradient_of_one_adam_step_by_hand():
+    """One inner Adam step from fresh state is theta' = theta - lr * g / (|g| + eps) (m_hat = g,
+    v_hat = g^2), so the meta-gradient is u - lr * H (a'(g) * u) with u = dL/dtheta at theta',
+    a'(g) = eps / (|g| + eps)^2 and H the Hessian at theta: computed here with two autograd
+    calls, independently of the inner loop (finite differences are useless here: Adam's first
+    step is nearly a sign function)."""
+    from torch.func import functional_call
+
+    s, z, y = _maml2(lr_z=0.0)  # z fixed, so theta alone moves
+    s.cfg.g_steps = 1
+    s.generator.l1.bias.requires_grad_(False)  # feeds a BatchNorm: true gradient 0
+    names = [n for n, p in s.generator.named_parameters() if p.requires_grad]
+    theta = [dict(s.generator.named_parameters())[n] for n in names]
+    lr, eps = s.cfg.lr_g, 1e-8
+
+    def loss_at(ps):
+        buffers = {k: v.clone() for k, v in s.generator.named_buffers()}
+        x = functional_call(s.generator, (dict(zip(names, ps)), buffers), (z.detach(),))
+        return sum(s.inversion_losses(s.augment(x), y, 0).values())
+
+    with s.synthesis():
+        s.generator.train()
+        s.meta_optimizer.zero_grad(set_to_none=True)
+        s._second_order_round(z.detach().clone().requires_grad_(), y, epoch=0)
+        meta = [p.grad.clone() for p in theta]
+        g = torch.autograd.grad(loss_at(theta), theta, create_graph=True)
+        adapted = [(p - lr * gi / (gi.abs() + eps)).detach().requires_grad_() for p, gi in zip(theta, g)]
+        u = torch.autograd.grad(loss_at(adapted), adapted)
+        w = [eps / (gi.detach().abs() + eps) ** 2 * ui for gi, ui in zip(g, u)]
+        hw = torch.autograd.grad(sum((gi * wi).sum() for gi, wi in zip(g, w)), theta)
+    want = [ui - lr * h for ui, h in zip(u, hw)]
+    for got, exp in zip(meta, want):
+        assert torch.allclose(got, exp, rtol=1e-3, atol=1e-7)
+    # the second-order part is not negligible here: the first-order answer (u) differs
+    assert any(not torch.allclose(ui, exp, rtol=1e-3, atol=1e-7) for ui, exp in zip(u, want))
