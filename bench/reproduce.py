@@ -641,7 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                    help="mixed precision on CUDA (the engine's default: auto = bf16); CPU runs fp32")
+                    help="precision of the KD steps (auto = bf16 on CUDA, fp32 on CPU; bf16 also on CPU); "
+                         "evaluation is always fp32")
     ap.add_argument("--reuse", action="store_true", help="read back finished runs with identical settings and "
                                                          "continue interrupted data-free runs from their last.pt")
     ap.add_argument("--dry_run", action="store_true", help="print the resolved settings and every run's command")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -77,9 +77,12 @@ def build_trainer(teacher: nn.Module, student: nn.Module, method: str, syn: Synt
                   batch_size: int = 256,
                   kd_steps: int = 400, ep_steps: int = 400, device: Optional[torch.device] = None,
                   logger: Optional[RunLogger] = None, args: Optional[dict] = None,
-                  init_images: Optional[torch.Tensor] = None) -> Trainer:
+                  init_images: Optional[Union[torch.Tensor, Iterable[torch.Tensor]]] = None) -> Trainer:
     """Wire teacher, student, synthesizer, KD objective and trainer together. ``init_images``
-    (float, [0, 1]) start the pool, as Fast-Datafree's ``--cmi_init`` does. ``T`` / ``kd_loss``
+    (a tensor, or an iterable of chunks such as :func:`datafree.pool.iter_image_set` streams;
+    uint8 or float in [0, 1]) start the pool, as Fast-Datafree's ``--cmi_init`` does, and are never
+    evicted. The pool's checkpoints go to ``<save_dir>/pool`` (new images only, per epoch), and a
+    pool over its device/host budgets spills to ``<save_dir>/pool_spill`` unless told otherwise. ``T`` / ``kd_loss``
     left ``None`` take the method's published student loss (:func:`student_loss`; T 20 for the
     pool methods, the CIFAR scripts' value)."""
     device = device or resolve_device("auto")
@@ -87,11 +90,15 @@ def build_trainer(teacher: nn.Module, student: nn.Module, method: str, syn: Synt
     teacher.requires_grad_(False)
     student = student.to(device)
     synth = get_synthesizer_class(method)(teacher, student, syn, device)
+    if synth.uses_pool:
+        synth.pool.persist_dir = os.path.join(train.save_dir, "pool")
+        synth.pool.spill_dir = synth.pool.spill_dir or os.path.join(train.save_dir, "pool_spill")
     if init_images is not None:
         if not synth.uses_pool:
             raise ValueError(f"--cmi_init: {method} draws fresh generator batches and keeps no image pool")
-        for chunk in init_images.split(1024):
-            synth.pool.add(chunk)
+        chunks = init_images.split(1024) if isinstance(init_images, torch.Tensor) else init_images
+        for chunk in chunks:
+            synth.pool.add_init(chunk)
     logger = logger or RunLogger(train.save_dir)
     source = DataFreeSource(synth, batch_size, kd_steps, ep_steps, syn.warmup, logger,
                             image_dir=os.path.join(train.save_dir, "images"))

@@ -63,6 +63,11 @@ class SynthesisConfig:
     balanced_targets: bool = False
     pool_storage: str = "uint8"
     pool_capacity: Optional[int] = None
+    # the pool's tiers: at most this many GB on the device, then in host memory, then a
+    # memory-mapped file in pool_spill_dir (None: no limit; default spill folder <save_dir>/pool_spill)
+    pool_device_gb: Optional[float] = None
+    pool_host_gb: Optional[float] = None
+    pool_spill_dir: Optional[str] = None
     pad: int = 4  # random-crop padding of the synthesis and KD augmentation
     flip: bool = True
     # augmentation of pool samples for KD steps: None = the synthesis augmentation (CIFAR: both are
@@ -168,7 +173,8 @@ class Synthesizer:
     # the method-specific synthesis flags this method reads (kd/faster_data_free_kd.py names any
     # other given one in a warning); every method reads g_steps, lr_g, bn, oh, adv, syn_amp, kd_loss
     reads: ClassVar[FrozenSet[str]] = frozenset()
-    POOL_FLAGS: ClassVar[FrozenSet[str]] = frozenset({"pool_storage", "pool_capacity", "cmi_init"})
+    POOL_FLAGS: ClassVar[FrozenSet[str]] = frozenset({"pool_storage", "pool_capacity", "cmi_init", "pool_device_gb",
+                                                      "pool_host_gb", "pool_spill_dir"})
     SHARED_FLAGS: ClassVar[FrozenSet[str]] = frozenset({"g_steps", "lr_g", "bn", "oh", "adv", "syn_amp", "kd_loss"})
 
     @classmethod
@@ -187,7 +193,10 @@ class Synthesizer:
         # where the current round sits (set by the batch source before each synthesize()):
         # schedules are given in epochs and fire at exact rounds for any rounds per epoch
         self.rounds_per_epoch, self.round_in_epoch = 1, 0
-        self.pool = ImagePool(self.device, cfg.pool_storage, cfg.pool_capacity, seed=cfg.seed)
+        gb = lambda v: None if v is None else int(v * 2**30)  # noqa: E731
+        self.pool = ImagePool(self.device, cfg.pool_storage, cfg.pool_capacity, seed=cfg.seed,
+                              device_bytes=gb(cfg.pool_device_gb), host_bytes=gb(cfg.pool_host_gb),
+                              spill_dir=cfg.pool_spill_dir)
         self.bn_loss: Optional[BNStatLoss] = None
         if cfg.bn > 0:
             self.bn_loss = BNStatLoss(teacher, cfg.bn_mmt)

@@ -23,7 +23,8 @@ def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="cudnn.deterministic on and cudnn.benchmark off (slower on CUDA; bitwise-repeatable convolutions)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                   help="mixed precision on CUDA (auto = bf16); always off on CPU")
+                   help="precision of the training steps: auto = bf16 autocast on CUDA, fp32 elsewhere; bf16 also "
+                        "on CPU when asked for; fp16 (with loss scaling) on CUDA only. Test-set evaluation is always fp32")
     g.add_argument("--opt_impl", default="auto", choices=["auto", "fused", "foreach", "loop"],
                    help="optimiser kernels (auto = fused on CPU and CUDA); results differ only by rounding")
     g.add_argument("--compile", action="store_true",

@@ -49,7 +49,7 @@ class TrainConfig:
     gamma: float = 0.1
     eta_min: float = 0.0
     sched_start_epoch: int = 0  # the scheduler steps from this epoch on (data-free warm-up)
-    amp: str = "auto"  # auto (bf16 on CUDA, off elsewhere) | bf16 | fp16 | off
+    amp: str = "auto"  # training steps: auto (bf16 on CUDA, off elsewhere) | bf16 (also on CPU) | fp16 (CUDA) | off
     channels_last: Optional[bool] = None  # None: on for CUDA
     grad_clip: Optional[float] = None
     opt_impl: str = "auto"  # SGD kernel: auto (fused on CPU/CUDA) | fused | foreach | loop
@@ -168,6 +168,8 @@ class Trainer:
         if self.channels_last:
             self.objective.to(memory_format=torch.channels_last)
         self.amp_dtype = self._amp_dtype(config.amp, device)
+        self.precision = {"train_steps": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32"),
+                          "evaluation": "fp32"}
         self.params: List[nn.Parameter] = list(self.objective.trainable_parameters())
         self.optimizer = torch.optim.SGD(self.params, lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay, nesterov=config.nesterov,
@@ -187,8 +189,10 @@ class Trainer:
     def _amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
         if amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"amp must be auto, bf16, fp16 or off; got {amp!r}")
-        if device.type != "cuda" or amp == "off":
-            return None  # mixed precision is a CUDA feature here; CPU runs in fp32
+        if amp == "off":
+            return None
+        if device.type != "cuda":  # CPU: bf16 autocast only when asked for; fp16 needs CUDA's scaler
+            return torch.bfloat16 if amp == "bf16" and device.type == "cpu" else None
         if amp == "fp16":
             return torch.float16
         if amp == "auto" and not torch.cuda.is_bf16_supported():
@@ -344,18 +348,20 @@ class Trainer:
             "epochs": len(self.history), "time_total": self.time_total,
             "time_train": sum(h.get("train_time", 0.0) for h in self.history),
             "time_eval": sum(h.get("eval_time", 0.0) for h in self.history),
-            "args": self.args, "config": asdict(self.cfg), "versions": library_versions(),
+            "precision": self.precision, "args": self.args, "config": asdict(self.cfg),
+            "versions": library_versions(),
             "history": self.history, **extra,
         }
 
     def run_evaluation(self) -> Dict[str, float]:
         heads = getattr(self.objective, "eval_heads", None)
         if heads is None:
-            return evaluate(self.objective.student, self.test_loader, self.device, self.amp_dtype, self.channels_last)
+            # the test set is always evaluated in fp32, whatever the training steps' precision
+            return evaluate(self.objective.student, self.test_loader, self.device, None, self.channels_last)
         was = self.objective.training
         self.objective.eval()
         try:
-            return evaluate_heads(heads, self.test_loader, self.device, self.amp_dtype, self.channels_last)
+            return evaluate_heads(heads, self.test_loader, self.device, None, self.channels_last)
         finally:
             self.objective.train(was)
 
@@ -364,6 +370,10 @@ class Trainer:
         interruption would). Returns the metrics also written to ``metrics.json``."""
         cfg = self.cfg
         stop = cfg.epochs if until_epoch is None else min(until_epoch, cfg.epochs)
+        if not getattr(self, "_precision_logged", False):
+            self.logger.info(f"precision: training steps {self.precision['train_steps']} (--amp {cfg.amp}), "
+                             f"test-set evaluation fp32")
+            self._precision_logged = True
         for epoch in range(self.start_epoch, stop):
             t_epoch = time.perf_counter()
             stats = self.train_one_epoch(epoch)

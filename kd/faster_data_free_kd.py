@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from datafree import SYNTHESIZERS, SynthesisConfig  # noqa: E402
 from datafree.api import build_trainer, student_loss  # noqa: E402
-from datafree.pool import load_image_set  # noqa: E402
+from datafree.pool import iter_image_set  # noqa: E402
 from engine.checkpoint import load_weights  # noqa: E402
 from engine.data import build_loader  # noqa: E402
 from engine.launch import add_common_args, apply_preset, given_flags, prepare_run, run_main  # noqa: E402
@@ -101,7 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--syn_amp", default="off", choices=["off", "bf16"],
                    help="bf16 autocast of the synthesis forwards (the reference runs them in fp32)")
     g.add_argument("--pool_storage", default="uint8", choices=["uint8", "fp16"])
-    g.add_argument("--pool_capacity", type=int, default=None, help="cap on pooled images (oldest dropped)")
+    g.add_argument("--pool_capacity", type=int, default=None,
+                   help="cap on synthesized pooled images (oldest dropped; --cmi_init images always stay)")
+    g.add_argument("--pool_device_gb", type=float, default=None,
+                   help="keep at most this much of the pool on the device (default: all of it)")
+    g.add_argument("--pool_host_gb", type=float, default=None,
+                   help="then at most this much in (pinned) host memory; the rest goes to --pool_spill_dir")
+    g.add_argument("--pool_spill_dir", default=None, help="folder of the pool's memory-mapped file (default <save_dir>/pool_spill)")
     p.add_argument("--log_tag", default="", help="suffix of the default --save_dir")
     p.add_argument("--evaluate_only", action="store_true", help="evaluate the teacher (and --resume student) and exit")
     p.add_argument("--quick", action="store_true", help="offline digits demo, a few minutes on CPU")
@@ -153,7 +159,8 @@ def synthesis_config(args: argparse.Namespace, spec) -> SynthesisConfig:
         bn=args.bn, oh=args.oh, adv=args.adv, act=args.act, balance=args.balance, bn_mmt=args.bn_mmt,
         is_maml=args.is_maml, maml_truncate=args.maml_truncate, reset_l0=bool(args.reset_l0), reset_bn=bool(args.reset_bn),
         reset_epoch=args.reset_epoch, warmup=args.warmup, balanced_targets=args.balanced_targets,
-        pool_storage=args.pool_storage, pool_capacity=args.pool_capacity, cr=args.cr, cr_T=args.cr_T,
+        pool_storage=args.pool_storage, pool_capacity=args.pool_capacity, pool_device_gb=args.pool_device_gb,
+        pool_host_gb=args.pool_host_gb, pool_spill_dir=args.pool_spill_dir, cr=args.cr, cr_T=args.cr_T,
         cmi_layers=args.cmi_layers,
         pad=spec.pad if spec.train_aug in ("crop", "crop_flip") else 0,
         flip=spec.train_aug in ("crop_flip", "rrc_flip"),
@@ -197,7 +204,7 @@ def run(argv: Optional[list] = None) -> dict:
                         schedule="cosine", eta_min=args.eta_min, amp=args.amp, log_every=args.log_every,
                         opt_impl=args.opt_impl, compile=args.compile,
                         save_dir=args.save_dir, progress=not args.no_progress)
-    init = load_image_set(args.cmi_init, spec.image_size, spec.in_chans) if args.cmi_init else None
+    init = iter_image_set(args.cmi_init, spec.image_size, spec.in_chans) if args.cmi_init else None
     trainer = build_trainer(teacher, student, args.method, syn, train, test_loader, T=args.T,
                             kd_loss=args.kd_loss, batch_size=args.batch_size, kd_steps=args.kd_steps, ep_steps=args.ep_steps,
                             device=device, logger=logger, args=vars(args), init_images=init)

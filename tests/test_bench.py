@@ -40,3 +40,16 @@ def test_optimizations_report_before_and_after(tmp_path):
         assert part in names
     assert all(r["before_ms"] > 0 and r["after_ms"] > 0 and r["speedup"] > 0 for r in rows)
     assert json.loads((tmp_path / "x.json").read_text())["timing"].startswith("device-synchronised")
+
+
+def test_pool_bench_fills_each_tier(tmp_path):
+    from bench import pool as bench_pool
+
+    out = bench_pool.main(["--n", "600", "--batch", "16", "--batches", "2", "--spill_dir", str(tmp_path),
+                           "--json", str(tmp_path / "pool.json")])
+    held = {r["tier"]: r["held"] for r in out["rows"]}
+    assert held["device"] == {"device": 600, "host": 0, "disk": 0}
+    assert held["host"] == {"device": 0, "host": 600, "disk": 0}
+    assert held["disk"] == {"device": 0, "host": 0, "disk": 600}
+    assert all(r["sample_ms_per_batch"] > 0 for r in out["rows"])
+    assert json.loads((tmp_path / "pool.json").read_text())["n"] == 600

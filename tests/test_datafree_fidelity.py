@@ -357,3 +357,121 @@ def test_second_order_meta_gradient_of_one_adam_step_by_hand():
         assert torch.allclose(got, exp, rtol=1e-3, atol=1e-7)
     # the second-order part is not negligible here: the first-order answer (u) differs
     assert any(not torch.allclose(ui, exp, rtol=1e-3, atol=1e-7) for ui, exp in zip(u, want))
+
+
+# ---- item 8: precision -------------------------------------------------------------------------
+def test_bf16_training_steps_and_fp32_evaluation_are_recorded(tmp_path):
+    from engine.logger import RunLogger
+    from engine.trainer import Trainer
+    from tests.kdtools import build, tiny_batch, tiny_info
+
+    info = tiny_info()
+    d = build("kd", info=info)
+    x, y = tiny_batch(info, batch=8)
+    seen = []
+    d.student.register_forward_hook(lambda m, i, o: seen.append((m.training, o.dtype)))
+    cfg = TrainConfig(epochs=1, lr=0.01, schedule="constant", save_dir=str(tmp_path), progress=False, amp="bf16")
+    logger = RunLogger(str(tmp_path))
+    metrics = Trainer(d, [(x, y)] * 2, [(x, y)], cfg, torch.device("cpu"), logger).fit()
+    logger.close()
+    assert {dt for train, dt in seen if train} == {torch.bfloat16}  # KD steps under CPU bf16 autocast
+    assert {dt for train, dt in seen if not train} == {torch.float32}  # the test set in fp32
+    assert metrics["precision"] == {"train_steps": "bf16", "evaluation": "fp32"}
+    assert "precision: training steps bf16" in (tmp_path / "log.txt").read_text()
+    off = Trainer(build("kd", info=info), [(x, y)], None,
+                  TrainConfig(epochs=1, save_dir=str(tmp_path / "b"), progress=False), torch.device("cpu"))
+    assert off.precision["train_steps"] == "fp32"  # auto on CPU: fp32
+
+
+# ---- item 6: a pool that fits the real runs ------------------------------------------------------
+from datafree.pool import ImagePool, iter_image_set  # noqa: E402
+
+IMG = (3, 4, 4)
+IMG_BYTES = 3 * 4 * 4  # uint8
+
+
+def _images(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((n,) + IMG, generator=g)
+
+
+def test_tiered_pool_spills_to_host_and_disk_and_samples_like_a_device_pool(tmp_path):
+    flat = ImagePool("cpu", seed=5)
+    tiered = ImagePool("cpu", seed=5, device_bytes=10 * IMG_BYTES, host_bytes=15 * IMG_BYTES,
+                       spill_dir=str(tmp_path))
+    for i in range(4):
+        batch = _images(12, i)
+        flat.add(batch)
+        tiered.add(batch)
+        for _ in range(3):
+            assert torch.equal(flat.sample(7), tiered.sample(7))
+    assert tiered.tier_sizes() == {"device": 10, "host": 15, "disk": 23}
+    assert (tmp_path / "pool_spill.bin").exists()
+    assert torch.equal(flat.images(), tiered.images())
+    with pytest.raises(ValueError, match="spill"):
+        ImagePool("cpu", device_bytes=IMG_BYTES, host_bytes=IMG_BYTES).add(_images(3, 0))
+
+
+def test_capacity_never_evicts_the_initial_images():
+    pool = ImagePool("cpu", capacity=4)
+    init = _images(3, 9)
+    pool.add_init(init)
+    for i in range(5):
+        pool.add(_images(3, i))
+    assert len(pool) == 3 + 4 and pool.n_init == 3
+    kept = pool.images()
+    assert torch.allclose(kept[:3], init, atol=0.5 / 255 + 1e-6)
+    newest = torch.cat([_images(3, 3), _images(3, 4)])[-4:]  # the ring holds the 4 newest synthesized
+    ring = kept[3:]
+    assert all(any(torch.allclose(r, q, atol=0.5 / 255 + 1e-6) for r in ring) for q in newest)
+
+
+def test_checkpoint_state_never_holds_unused_slots():
+    pool = ImagePool("cpu", capacity=100)
+    pool.add(_images(5, 0))
+    assert pool.state_dict()["data"].shape[0] == 5
+
+
+def test_persisted_pool_writes_only_new_images_and_resumes_exactly(tmp_path):
+    a = ImagePool("cpu", seed=2, capacity=8, persist_dir=str(tmp_path / "pool"))
+    a.add_init(_images(2, 7))
+    a.add(_images(5, 0))
+    s1 = a.state_dict()
+    a.add(_images(4, 1))  # wraps the ring: overwrites one of the first batch
+    a.sample(3)
+    s2 = a.state_dict()
+    assert "data" not in s2 and s2["chunks"] == ["chunk_000000.pt", "chunk_000001.pt"]
+    c0 = torch.load(tmp_path / "pool" / "chunk_000000.pt", weights_only=True)
+    c1 = torch.load(tmp_path / "pool" / "chunk_000001.pt", weights_only=True)
+    assert len(c0["slots"]) == 7 and len(c1["slots"]) == 4  # each save holds only what changed
+    b = ImagePool("cpu", persist_dir=str(tmp_path / "pool"))
+    b.load_state_dict(s2)
+    assert torch.equal(a.images(), b.images()) and len(b) == 10
+    assert torch.equal(a.sample(6), b.sample(6))  # same shuffle position and RNG
+    c = ImagePool("cpu", persist_dir=str(tmp_path / "pool"))
+    c.load_state_dict(s1)  # an older checkpoint still restores its own pool
+    assert len(c) == 7
+
+
+def test_data_free_checkpoint_references_pool_chunks(tmp_path):
+    from datafree.api import build_trainer
+
+    synth = make("fast_meta")
+    train = TrainConfig(epochs=2, lr=0.05, save_dir=str(tmp_path), progress=False)
+    trainer = build_trainer(synth.teacher, synth.student, "fast_meta", tiny_cfg(warmup=0), train, None,
+                            batch_size=4, kd_steps=1, ep_steps=2, device=torch.device("cpu"))
+    trainer.fit()
+    trainer.logger.close()
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    pool_state = ckpt["source"]["synthesizer"]["pool"]
+    assert "data" not in pool_state and len(pool_state["chunks"]) == 2
+    sizes = [len(torch.load(tmp_path / "pool" / c, weights_only=True)["slots"]) for c in pool_state["chunks"]]
+    assert sizes == [12, 12]  # 2 rounds of 6 images per epoch, each saved once
+
+
+def test_init_set_streams_as_uint8_chunks(tmp_path):
+    x = torch.rand(5, 3, 6, 6)
+    torch.save(x, tmp_path / "init.pt")
+    chunks = list(iter_image_set(str(tmp_path / "init.pt"), 4, 3, chunk=2))
+    assert [c.shape[0] for c in chunks] == [2, 2, 1] and all(c.dtype == torch.uint8 for c in chunks)
+    assert all(c.shape[-2:] == (4, 4) for c in chunks)
