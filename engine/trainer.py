@@ -170,6 +170,7 @@ class Trainer:
         self.amp_dtype = self._amp_dtype(config.amp, device)
         self.precision = {"train_steps": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32"),
                           "evaluation": "fp32"}
+        self._precision_logged = False
         self.params: List[nn.Parameter] = list(self.objective.trainable_parameters())
         self.optimizer = torch.optim.SGD(self.params, lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay, nesterov=config.nesterov,
@@ -370,7 +371,7 @@ class Trainer:
         interruption would). Returns the metrics also written to ``metrics.json``."""
         cfg = self.cfg
         stop = cfg.epochs if until_epoch is None else min(until_epoch, cfg.epochs)
-        if not getattr(self, "_precision_logged", False):
+        if not self._precision_logged:
             self.logger.info(f"precision: training steps {self.precision['train_steps']} (--amp {cfg.amp}), "
                              f"test-set evaluation fp32")
             self._precision_logged = True
