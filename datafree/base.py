@@ -6,8 +6,7 @@ A synthesizer turns a teacher into training batches for a student:
   returns its losses and timing;
 * ``sample(n)`` returns ``n`` augmented, normalised images for a KD step.
 
-The loss shared by fast / fast_meta / cmi (Fast-Datafree ``datafree/synthesis/fast_meta.py``;
-reference-notes §1.1, §1.3) is
+The loss shared by fast / fast_meta / cmi (Fast-Datafree ``datafree/synthesis/fast_meta.py``) is
 
     L = bn * sum_l r_l  +  oh * CE(t, y)  +  adv * masked_adversarial_kl(s, t)
 

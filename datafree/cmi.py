@@ -1,5 +1,5 @@
 """``cmi``: Contrastive Model Inversion (Fang et al., IJCAI-21; zju-vipa/CMI and Fast-Datafree
-``datafree/synthesis/contrastive.py``; reference-notes §1.6).
+``datafree/synthesis/contrastive.py``).
 
 Each round re-initialises a generator (weights N(0, 0.02), BN scales N(1, 0.02)) and trains it
 with a fresh z for ``g_steps`` by Adam{G, z} (lr_g, betas (0.5, 0.999)) on

@@ -1,5 +1,5 @@
 """``deepinv``: DeepInversion (Yin et al., CVPR-20) as run in Fast-Datafree
-(``datafree/synthesis/deepinversion.py``; reference-notes §1.5).
+(``datafree/synthesis/deepinversion.py``).
 
 Pixels x ~ N(0, 1) in the teacher's normalised space, B x C x H x W, are optimised directly
 for ``g_steps`` by Adam(lr_g, betas (0.5, 0.99)) on

@@ -1,5 +1,5 @@
 """``fast``: Fast-Datafree's synthesizer without meta-learning (zju-vipa/Fast-Datafree
-``datafree/synthesis/fast.py``; reference-notes §1.4).
+``datafree/synthesis/fast.py``).
 
 A persistent generator G and a fresh learnable latent batch z per round are trained in place
 for ``g_steps`` by Adam{G: lr_g, z: lr_z}, betas (0.5, 0.999), re-created every round (its

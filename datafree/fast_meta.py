@@ -1,6 +1,6 @@
 """``fast_meta``: meta-learned generator initialisation, the method of "Up to 100x Faster
 Data-free Knowledge Distillation" (Fang et al., AAAI-22; zju-vipa/Fast-Datafree
-``datafree/synthesis/fast_meta.py``; reference-notes §1.3).
+``datafree/synthesis/fast_meta.py``).
 
 Each round clones the generator G into G', learns (G', z) for ``g_steps`` exactly as ``fast``
 does, puts the lowest-loss batch in the pool, and then updates G's initialisation with a

@@ -1,5 +1,5 @@
 """Generative data-free baselines: DAFL, ZSKT, DFAD and DFQ (Fast-Datafree
-``datafree/synthesis/generative.py``; reference-notes §1.7).
+``datafree/synthesis/generative.py``).
 
 A persistent generator G (nz 256; 512 for DAFL) with Adam(lr_g, betas (0.5, 0.999)) takes
 ``g_steps`` steps per round on a fresh z, with no augmentation, on

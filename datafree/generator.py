@@ -1,7 +1,7 @@
 """Image generators for data-free synthesis.
 
-Layer for layer the generators of Fast-Datafree (``datafree/models/generator.py``, as described
-in ``shared/docs/reference-notes.md`` §1.2); parameter counts match the reference
+Layer for layer the generators of Fast-Datafree (``datafree/models/generator.py``); parameter
+counts match the reference
 (``Generator(nz=256)``: 2,328,899; ``DeepGenerator``: 592,451 without the reference's unused
 ``l1`` Linear, which is left out on purpose: it carried no gradient and crashed FOMAML).
 """
@@ -48,7 +48,7 @@ class Generator(nn.Module):
     def reset_l0(self) -> None:
         """Re-initialise the first Linear layer (Fast-Datafree ``--reset_l0``). Unlike the
         reference fix, the BatchNorm after it is *not* touched: re-drawing its weight from
-        N(0, 0.02) would set the BN scale to about zero (reference-notes §6 item 10)."""
+        N(0, 0.02) would set the BN scale to about zero."""
         nn.init.normal_(self.l1.weight, 0.0, 0.02)
         nn.init.zeros_(self.l1.bias)
 

@@ -2,7 +2,7 @@
 
 Formulas follow Fast-Datafree (Fang et al., AAAI-22; ``datafree/hooks.py`` and
 ``datafree/criterions.py`` of zju-vipa/Fast-Datafree), DeepInversion (Yin et al., CVPR-20)
-and DAFL (Chen et al., ICCV-19), as summarised in ``shared/docs/reference-notes.md`` §1.1.
+and DAFL (Chen et al., ICCV-19).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def masked_adversarial_kl(student_logits: torch.Tensor, teacher_logits: torch.Te
 
 def js_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 3.0) -> torch.Tensor:
     """DeepInversion's competition term at temperature T, in Fast-Datafree's exact form
-    (``datafree/synthesis/deepinversion.py``; reference-notes §1.1): M = (P + Q) / 2 from the
+    (``datafree/synthesis/deepinversion.py``): M = (P + Q) / 2 from the
     *unclamped* softmaxes, then P, Q and M each clamped to [0.01, 0.99], and the value
     ``(KL(M || P) + KL(M || Q)) / 2`` (``F.kl_div(log P, M)`` is KL(M || P)), batchmean. This is
     neither the textbook ``(KL(P || M) + KL(Q || M)) / 2`` nor a multiple of it; its negative is

@@ -1,7 +1,7 @@
 """The transfer set: synthetic images in a tiered store (device, then host, then disk).
 
 Fast-Datafree writes every synthesized batch to PNG files and builds a new 4-worker
-DataLoader over the folder each round (reference-notes §1.1, §6 item 11). :class:`ImagePool`
+DataLoader over the folder each round. :class:`ImagePool`
 keeps the same images as uint8, quantised exactly as an 8-bit PNG would be (or fp16 to skip the
 quantisation), and serves shuffled batches in the reference's order: a fresh shuffle of the
 whole pool after every addition, cycled through until the next one.

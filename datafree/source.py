@@ -2,7 +2,7 @@
 
 Per epoch, ``ep_steps // kd_steps`` rounds; each round runs ``synthesizer.synthesize(epoch)``
 and then, from ``warmup`` on, yields ``kd_steps`` unlabelled batches from
-``synthesizer.sample(batch_size)`` (Fast-Datafree ``datafree_kd.py``; reference-notes §2.1).
+``synthesizer.sample(batch_size)`` (Fast-Datafree ``datafree_kd.py``).
 During warm-up the pool grows and nothing is yielded, so the trainer takes no step.
 Synthesis time is measured with device synchronisation and reported per epoch; for the
 generative methods it includes drawing the fresh batches that feed the KD steps (as the

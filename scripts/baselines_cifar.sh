@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The baselines fast_meta is measured against, with the reference settings
-# (Fast-Datafree scripts/deepinv_cifar.sh, scripts/cmi_cifar.sh, and the generative settings of
-# reference-notes §1.7: CIFAR-10 WRN40-2 -> WRN16-1, ep_steps 400).
+# (Fast-Datafree scripts/deepinv_cifar.sh, scripts/cmi_cifar.sh, and for the generative methods
+# the settings of its datafree_kd.py driver: CIFAR-10 WRN40-2 -> WRN16-1, ep_steps 400).
 #   METHODS="dafl zskt" DATASET=cifar10 bash scripts/baselines_cifar.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fast_meta on ImageNet with the hyper-parameters logged by Fast-Datafree (logs/*.txt of
-# fast_meta_imagenet.py; reference-notes §2.4): spatial-latent generator, meta-learned latents
+# fast_meta_imagenet.py): spatial-latent generator, meta-learned latents
 # re-sampled every 50 rounds (5 epochs at 10 rounds per epoch) with the meta-optimiser rebuilt,
 # targets drawn afresh every round, Reptile without the x67 factor, last-step images pooled,
 # RandomResizedCrop(0.75-1) + flip for synthesis and (0.08-1) + flip for KD samples, eta_min 0,

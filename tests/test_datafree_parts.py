@@ -84,7 +84,7 @@ def test_total_variation_by_hand():
 
 def test_generators_match_reference_sizes():
     g = Generator(nz=256, ngf=64, img_size=32, nc=3)
-    assert sum(p.numel() for p in g.parameters()) == 2_328_899  # reference-notes §1.2
+    assert sum(p.numel() for p in g.parameters()) == 2_328_899
     assert sum(p.numel() for p in Generator(nz=512).parameters()) == 4_426_051
     out = g(torch.randn(3, 256))
     assert out.shape == (3, 3, 32, 32) and out.min() >= 0 and out.max() <= 1

@@ -82,7 +82,7 @@ def test_trainer_weights_the_losses_and_logs_each(tmp_path):
     assert stats["loss"] == pytest.approx(0.25 * stats["loss_ce"] + 0.75 * stats["loss_kd"], rel=1e-5)
 
 
-# options without a reference default, which a user must set (the triplet margin: reference-notes §3.18)
+# options without a reference default, which a user must set (the triplet margin)
 REQUIRED_OPTIONS = {"triplet": {"triplet_margin": 1.0}}
 # losses against a memory the step itself rewrites (CRD's bank): descent at a fixed memory is
 # tested in tests/test_kd_losses_contrastive.py; here the loss must move

@@ -1,4 +1,4 @@
-"""Hinton KD and AT against formulas written out element by element (reference-notes §3.1, §3.3)."""
+"""Hinton KD and AT against formulas written out element by element."""
 import math
 
 import pytest

@@ -1,7 +1,7 @@
 """AB: activation-boundary transfer (Heo et al., "Knowledge Transfer via Distillation of
 Activation Boundaries Formed by Hidden Neurons", AAAI 2019, Eq. 5-7, the piecewise "alternative
 L2" form of the hinge; RepDistiller ``distiller_zoo/AB.py``, ``models/util.py::Connector``,
-``helper/pretrain.py::init``; reference-notes §3.11).
+``helper/pretrain.py::init``).
 
 Two stages, as RepDistiller runs it:
 

@@ -1,5 +1,5 @@
 """AT: attention transfer (Zagoruyko & Komodakis, "Paying More Attention to Attention", ICLR
-2017, Eq. 2 with p = 2; RepDistiller ``distiller_zoo/AT.py``; reference-notes §3.3).
+2017, Eq. 2 with p = 2; RepDistiller ``distiller_zoo/AT.py``).
 
 For each pair of stage outputs (``feat[1:-1]``, paired in order and truncated to the shorter
 list): the attention map ``Q = normalize(flatten(mean_c f^p))`` (channel *mean* of the

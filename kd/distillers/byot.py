@@ -1,7 +1,6 @@
 """BYOT: Be Your Own Teacher (Zhang et al., "Be Your Own Teacher: Improve the Performance of
 Convolutional Neural Networks via Self Distillation", ICCV 2019, Sec. 3 losses 1-3; unofficial
-reference luanyunteng/pytorch-be-your-own-teacher ``train.py`` and ``models/resnet.py``;
-reference-notes §3.16).
+reference luanyunteng/pytorch-be-your-own-teacher ``train.py`` and ``models/resnet.py``).
 
 Self-distillation, no teacher. Side branches are attached to the student at its ``stages`` taps:
 one branch after every stage but the last, each ending in its own classifier; the deepest
@@ -20,8 +19,7 @@ small to match). ``f_i`` is the globally pooled branch output before its classif
 reference compares the pooled bottleneck output with the pooled last stage, both 512*expansion
 channels).
 
-Branch design. The paper's own branch design is unknown (no official code; reference-notes
-§3.16). Ours follows the shape of the unofficial reference's ``branchBottleNeck``: a 1x1 conv
+Branch design. The paper's own branch design is unknown (no official code). Ours follows the shape of the unofficial reference's ``branchBottleNeck``: a 1x1 conv
 to ``C/4`` channels, a ``k x k`` conv with stride ``k`` (``k`` = the ratio of the stage's
 spatial size to the last stage's, per axis; 1 when they agree), a 1x1 conv to ``C`` channels,
 each followed by BatchNorm and ReLU, with ``C`` the width of the student's pooled feature (the

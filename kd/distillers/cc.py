@@ -1,6 +1,6 @@
 """CC: correlation congruence (Peng et al., "Correlation Congruence for Knowledge Distillation",
 ICCV 2019). Reference: RepDistiller ``distiller_zoo/CC.py`` (the code the authors sent to
-RepDistiller) and its wiring in ``train_student.py``; reference-notes §3.10.
+RepDistiller) and its wiring in ``train_student.py``
 
 Both nets' pooled penultimate features (``feat[-1]``) are mapped by a trainable
 :class:`LinearEmbed` (flatten + Linear) to ``--feat_dim`` dimensions (128, RepDistiller's

@@ -1,7 +1,6 @@
 """CRD: contrastive representation distillation (Tian et al., "Contrastive Representation
 Distillation", ICLR 2020, the NCE bound of Eq. 18; reference ``HobbitLong/RepDistiller``
-``crd/criterion.py``, ``crd/memory.py`` and ``dataset/cifar100.py::CIFAR100InstanceSample``;
-reference-notes §3.14).
+``crd/criterion.py``, ``crd/memory.py`` and ``dataset/cifar100.py::CIFAR100InstanceSample``).
 
 * **Embeddings.** The pooled features of both nets go through ``Embed`` (Linear to
   ``feat_dim`` = 128, then L2-normalise); both heads are trainable (RD adds ``embed_s`` and
@@ -34,8 +33,8 @@ own row.
 
 Deviations, both on purpose:
 
-* the indices are drawn on the device in the step, not per sample on the CPU in the dataset
-  (reference-notes §6.17): other-class negatives are drawn uniformly **with replacement**
+* the indices are drawn on the device in the step, not per sample on the CPU in the dataset:
+  other-class negatives are drawn uniformly **with replacement**
   from the complement of the anchor's class block of a class-sorted index table (O(1) per
   draw). RD draws without replacement when ``K`` is at most the number of other-class
   samples; i.i.d. draws are the noise distribution NCE assumes, and duplicates only repeat a
@@ -48,7 +47,7 @@ not from the batch labels, so mixed (SaliencyMix) targets do not matter. Batches
 the sample index (``needs_index``).
 
 Defaults: RD ``scripts/run_cifar_distill.sh``: ``-r 1 -a 0 -b 0.8``; CRD+KD is ``-a 1 -b 0.8``
-(RD's README; reference-notes §3.14), i.e. ``--distill crd -a 1``. ``feat_dim`` 128, ``nce_k`` 16384, ``nce_t`` 0.07, ``nce_m`` 0.5,
+(RD's README), i.e. ``--distill crd -a 1``. ``feat_dim`` 128, ``nce_k`` 16384, ``nce_t`` 0.07, ``nce_m`` 0.5,
 ``crd_mode`` exact (RD's ``train_student.py`` defaults; RD's ``--mode exact|relax`` sets it).
 """
 from __future__ import annotations

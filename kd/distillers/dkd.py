@@ -1,6 +1,5 @@
 """DKD: decoupled knowledge distillation (Zhao et al., "Decoupled Knowledge Distillation", CVPR
-2022, Eq. 7; reference ``megvii-research/mdistiller`` ``mdistiller/distillers/DKD.py``;
-reference-notes §3.28).
+2022, Eq. 7; reference ``megvii-research/mdistiller`` ``mdistiller/distillers/DKD.py``).
 
 Hinton's KD loss splits into a target-class part and a non-target part, which DKD weights
 separately:

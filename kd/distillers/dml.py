@@ -1,5 +1,5 @@
 """DML: deep mutual learning (Zhang, Xiang, Hospedales & Lu, "Deep Mutual Learning", CVPR 2018,
-Eq. 10 for K peers; AberHu/Knowledge-Distillation-Zoo ``train_dml.py``; reference-notes §3.15).
+Eq. 10 for K peers; AberHu/Knowledge-Distillation-Zoo ``train_dml.py``).
 
 No teacher: K >= 2 peers learn together on the same batch. Peer k minimises
 

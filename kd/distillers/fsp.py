@@ -1,6 +1,6 @@
 """FSP: flow-of-solution-procedure matrices (Yim et al., "A Gift from Knowledge Distillation:
 Fast Optimization, Network Minimization and Transfer Learning", CVPR 2017, Eq. 1-2; RepDistiller
-``distiller_zoo/FSP.py`` and ``helper/pretrain.py::init``; reference-notes §3.13).
+``distiller_zoo/FSP.py`` and ``helper/pretrain.py::init``).
 
 For consecutive maps of RD's ``feat[:-1]`` = [stem, stage1..N] (tap groups ``stem`` +
 ``stages``, post-activation), the FSP matrix of a pair (F_i, F_{i+1}) is

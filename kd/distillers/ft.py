@@ -1,6 +1,6 @@
 """FT: factor transfer (Kim et al., "Paraphrasing Complex Network: Network Compression via
 Factor Transfer", NeurIPS 2018, Eq. 1-3; RepDistiller ``distiller_zoo/FT.py``,
-``models/util.py::Paraphraser/Translator``, ``helper/pretrain.py::init``; reference-notes §3.12).
+``models/util.py::Paraphraser/Translator``, ``helper/pretrain.py::init``).
 
 Two stages, as RepDistiller runs it:
 

@@ -1,6 +1,6 @@
 """FitNet / hint (Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015, Eq. 3 and
 the two-stage training of its section 2.3; RepDistiller ``distiller_zoo/FitNet.py``
-(``HintLoss``), ``models/util.py::ConvReg``; reference-notes §3.2).
+(``HintLoss``), ``models/util.py::ConvReg``).
 
 The hint loss is ``MSE(ConvReg(f_s), f_t)`` (mean over all elements) between the student's and
 the teacher's feature number ``--hint_layer`` (default 2) of RD's list ``feat`` = [stem,

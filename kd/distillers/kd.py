@@ -2,13 +2,13 @@
 
 ``kd`` (Hinton et al., "Distilling the Knowledge in a Neural Network", 2015):
 ``r * CE(s, y) + a * KL(softmax(t/T) || softmax(s/T)) * T^2``, the KL summed over classes and
-divided by the batch size (RepDistiller ``distiller_zoo/KD.py``; reference-notes §3.1).
+divided by the batch size (RepDistiller ``distiller_zoo/KD.py``).
 Defaults are RepDistiller's CIFAR-100 script: ``-r 0.1 -a 0.9``, ``--kd_T 4``. Unlabelled
 batches (data-free KD) get the KL term only: the data-free loop's loss with ``a = 1``.
 ``logit_loss="l1"`` (Python only, for the data-free loop) makes the ``kd`` term the mean absolute
-difference of the logits instead, DFAD's student loss (Fang et al. 2019, Eq. 4; reference-notes §1.7).
+difference of the logits instead, DFAD's student loss (Fang et al. 2019, Eq. 4).
 
-``nokd`` (Distiller's NOKD row, reference-notes §3.27): the student trained with CE alone
+``nokd`` (Distiller's NOKD row): the student trained with CE alone
 under the KD recipe; no teacher forward is run.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """MLKD: multi-level knowledge distillation (Ding et al., "Multi-level Knowledge Distillation via
 Knowledge Alignment and Correlation", arXiv 2012.00573; reference ifding/DLKD
 ``helper/losses.py`` (``CorrLoss``, ``SupConLoss``, ``AlignLoss``), ``helper/loops.py`` and
-``train_student.py``; reference-notes §3.17).
+``train_student.py``).
 
 Every batch is shown to both nets in four rotations (0, 90, 180, 270 degrees; ``torch.rot90``
 over (H, W), the same sense as the reference's ``np.rot90`` on HWC images). With ``f_s``,
@@ -42,7 +42,7 @@ views are laid out in blocks (all clean, then all 90, ...) instead of interleave
 every loss is invariant to that consistent reordering. (3) SupCon's log-sum-exp is computed
 with ``logsumexp`` over the other anchors instead of the reference's max-shift and ``+1e-7``.
 (4) Flip: the dataset's default augmentation (crop + horizontal flip on CIFAR). The
-reference's transform has no flip (reference-notes §3.17 reads "RandomCrop only"), but its
+reference's transform has no flip (RandomCrop only), but its
 training dataset class (``dataset/cifar.py::CIFAR10.__getitem__``, commit 666dd4a) flips each
 training image with probability 0.5 before making the rotations, so the code does flip; we
 follow the code.

@@ -1,7 +1,7 @@
 """Multi-teacher KD: the student distilled from the average of the KL to several teachers
 (karanchahal/distiller ``trainer.py::MultiTrainer``, what its ``test_multikd`` runs and its "MKD"
-row reports; reference-notes §3.25 names this code form ``multiteacher``, keeping ``multikd``
-for the README's "ensemble of students").
+row reports). The code form is registered as ``multiteacher``, keeping ``multikd`` for the
+README's "ensemble of students".
 
     (1 - lambda) * CE(s, y) + lambda * T^2 * mean_k KL(softmax(t_k / T) || softmax(s / T))
 

@@ -1,7 +1,7 @@
 """NST: neuron selectivity transfer (Huang & Wang, "Like What You Like: Knowledge Distill via
 Neuron Selectivity Transfer", arXiv 1707.01219, 2017: the squared MMD between the two nets'
 neuron-activation distributions with the polynomial kernel ``k(a, b) = (a^T b)^2``, i.e.
-degree 2 and c = 0). Reference: RepDistiller ``distiller_zoo/NST.py``; reference-notes §3.4.
+degree 2 and c = 0). Reference: RepDistiller ``distiller_zoo/NST.py``
 
 For each pair of stage outputs (``feat[1:-1]``, paired in order and truncated to the shorter
 list) the larger map is adaptive-average-pooled to the smaller one; every channel's map is

@@ -1,7 +1,7 @@
 """OFD: the overhaul of feature distillation (Heo et al., "A Comprehensive Overhaul of Feature
 Distillation", ICCV 2019, Eq. 2-4 and the margin of Eq. 3; references
 ``megvii-research/mdistiller`` ``mdistiller/distillers/OFD.py`` (MD) and ``karanchahal/distiller``
-``distillers/oh_distiller.py`` (KC, which calls the method ``oh``); reference-notes §3.20).
+``distillers/oh_distiller.py`` (KC, which calls the method ``oh``)).
 
 Per distilled stage ``i`` (pre-ReLU features of both nets, tap group ``preacts``):
 

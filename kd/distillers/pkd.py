@@ -1,7 +1,7 @@
 """PKD: patient knowledge distillation, in the image-classification form of ``karanchahal/distiller``
 ``distillers/pkd_distiller.py`` (KC; method after Sun et al., "Patient Knowledge Distillation
 for BERT Model Compression", EMNLP 2019: its patience loss on intermediate layers, here on the
-raw features as KC runs it, ``normalized_patience=False``); reference-notes §3.21.
+raw features as KC runs it, ``normalized_patience=False``)
 
 ``loss = (1 - lambda) CE + lambda T^2 KL(p_t || p_s) + beta * MSE(cat_s, cat_t)``, where
 ``cat`` is the concatenation of the flattened stage outputs (tap group ``stages``,

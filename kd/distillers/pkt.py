@@ -1,7 +1,7 @@
 """PKT: probabilistic knowledge transfer (Passalis & Tefas, "Learning Deep Representations with
 Probabilistic Knowledge Transfer", ECCV 2018: conditional probabilities from the cosine-similarity
 kernel ``(cos + 1) / 2`` normalised over each row, matched with KL(P_t || P_s)). Reference:
-RepDistiller ``distiller_zoo/PKT.py`` (the authors' code); reference-notes §3.7.
+RepDistiller ``distiller_zoo/PKT.py`` (the authors' code)
 
 Read on the pooled penultimate features (``feat[-1]``). Each row is divided by ``||f|| + eps``
 (NaNs set to 0), the B x B cosine matrix is mapped to ``(cos + 1) / 2`` and row-normalised

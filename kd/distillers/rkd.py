@@ -2,8 +2,7 @@
 Distillation", CVPR 2019: the distance-wise potential, pairwise Euclidean distances divided by
 their mean over the distinct pairs, and the angle-wise potential, the cosine of the angle
 ``e_j - e_i, e_k - e_i`` at every vertex ``i``, each matched with the Huber / smooth-L1 loss).
-Reference: RepDistiller ``distiller_zoo/RKD.py`` and mdistiller ``distillers/RKD.py``;
-reference-notes §3.6.
+Reference: RepDistiller ``distiller_zoo/RKD.py`` and mdistiller ``distillers/RKD.py``
 
 Read on the pooled penultimate features (``feat[-1]``). Distances: ``sqrt(max(|e_i|^2 +
 |e_j|^2 - 2 e_i.e_j, 1e-12))`` with the diagonal set to 0, divided by the mean of the

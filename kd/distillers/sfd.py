@@ -1,5 +1,5 @@
 """SFD / FD: the feature distillation of ``karanchahal/distiller`` ``distillers/fd_distiller.py``
-(KC; the code registers it as ``fd``, the README as ``sfd``); reference-notes §3.22.
+(KC; the code registers it as ``fd``, the README as ``sfd``)
 
 ``loss = CE + sum_l max_b || maxpool(f_s^l)_b - maxpool(f_t^l)_b ||_2``: each feature map is
 globally max-pooled to one value per channel (KC ``adaptive_max_pool2d(f, (1, 1))``), the

@@ -1,7 +1,7 @@
 """SP: similarity-preserving KD (Tung & Mori, "Similarity-Preserving Knowledge Distillation",
 ICCV 2019: the batch Gram matrix ``G = Q Q^T`` of the flattened activations, row-wise
 L2-normalised, and the loss ``||G_t - G_s||_F^2 / B^2``). Reference: RepDistiller
-``distiller_zoo/SP.py`` (registered there as ``similarity``); reference-notes §3.5.
+``distiller_zoo/SP.py`` (registered there as ``similarity``)
 
 Read on the last stage output (``feat[-2]``, post-activation), reshaped to ``B x (C*H*W)``.
 The order is RepDistiller's: Gram matrix first, then each ROW of it L2-normalised (not the

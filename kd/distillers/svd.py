@@ -2,8 +2,7 @@
 Knowledge Distillation Using Singular Value Decomposition", ECCV 2018: compress each feature
 map to its leading right singular vectors, then distil the RBF correlation between the
 compressed features of consecutive layers). Reference: RepDistiller ``distiller_zoo/KDSVD.py``
-and mdistiller ``distillers/KDSVD.py`` (ports of the authors' TensorFlow code);
-reference-notes §3.8.
+and mdistiller ``distillers/KDSVD.py`` (ports of the authors' TensorFlow code)
 
 On the stage outputs (``feat[1:-1]``), per stage:
 

@@ -1,4 +1,4 @@
-"""Triplet KD, in the two forms karanchahal/distiller disagrees on (reference-notes §3.18).
+"""Triplet KD, in the two forms karanchahal/distiller disagrees on.
 
 ``triplet`` (recommended default; the form Distiller's README describes, "using the student as
 negative example"): a triplet hinge on the logits, anchored at the student,

@@ -1,5 +1,5 @@
 """UDA-KD: KD on the clean batch and on an AutoAugment view of it (karanchahal/distiller
-``distillers/uda_distiller.py::UDATrainer``; reference-notes §3.23).
+``distillers/uda_distiller.py::UDATrainer``).
 
     1/2 * KD(x) + 1/2 * KD(AutoAugment-CIFAR10(x)),   KD = r CE(s, y) + a T^2 KL(p_t || p_s)
 

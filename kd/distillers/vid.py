@@ -3,8 +3,7 @@ Information Distillation for Knowledge Transfer", CVPR 2019: maximise a variatio
 of the teacher/student mutual information with a Gaussian ``q(t | s)`` whose mean is a
 regressor of the student feature and whose per-channel variance is learned, i.e. minimise the
 Gaussian negative log-likelihood without its constant). Reference: RepDistiller
-``distiller_zoo/VID.py`` (the authors' code) and its wiring in ``train_student.py``;
-reference-notes §3.9.
+``distiller_zoo/VID.py`` (the authors' code) and its wiring in ``train_student.py``
 
 For each pair of stage outputs (``feat[1:-1]``, in order, truncated to the shorter list) the
 larger map is adaptive-average-pooled to the smaller; the mean ``mu`` is a 1x1-conv regressor

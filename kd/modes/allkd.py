@@ -1,5 +1,5 @@
 """allkd: a sweep of teachers, each distilled into a fresh student with Hinton KD (Distiller,
-karanchahal/distiller ``evaluate_kd.py::test_allkd``; reference-notes §3.24).
+karanchahal/distiller ``evaluate_kd.py::test_allkd``).
 
 For every teacher in ``--allkd_teachers`` (default Distiller's list: resnet8, resnet14,
 resnet20, resnet26, resnet32, resnet44, resnet56) the teacher's weights are loaded, or, when

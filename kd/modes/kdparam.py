@@ -1,5 +1,5 @@
 """kdparam: the KD temperature x weight grid (Distiller, karanchahal/distiller
-``evaluate_kd.py::test_kdparam``; reference-notes §3.26).
+``evaluate_kd.py::test_kdparam``).
 
 Each cell (T, alpha) distils a fresh student (same initialisation in every cell: seeded with
 ``--seed``) with Distiller's KD loss ``(1 - alpha) CE + alpha T^2 KL(p_t^T || p_s^T)``, i.e.

@@ -1,5 +1,5 @@
 """multikd: an ensemble of students, following Distiller's README ("Ensemble of Students";
-karanchahal/distiller ``evaluate_kd.py::test_multikd``; reference-notes §3.25).
+karanchahal/distiller ``evaluate_kd.py::test_multikd``).
 
 ``--n_students`` students (default 2) are each distilled from the teacher with Hinton KD at
 the run's weights and temperature (Distiller: ``-r 0.5 -a 0.5 --kd_T 5`` under ``--recipe

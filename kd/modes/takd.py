@@ -1,5 +1,5 @@
 """TAKD: teacher -> teacher assistant -> student, one command (Mirzadeh et al., "Improved
-Knowledge Distillation via Teacher Assistant", AAAI 2020; reference-notes §3.19).
+Knowledge Distillation via Teacher Assistant", AAAI 2020).
 
 Stage 1 distils the teacher into the assistant (``--ta_model``, default resnet20 as
 Distiller's ``test_takd`` hard-codes), stage 2 the assistant into the student, both with

@@ -92,8 +92,7 @@ def resnet18(num_classes: int = 10, in_chans: int = 3) -> nn.Module:
 @register_model("resnet34", "ResNet34")
 def resnet34(num_classes: int = 10, in_chans: int = 3) -> nn.Module:
     """ResNet-34, BasicBlock 3-4-6-3. ``cmi_taps``: CMI's features for this teacher are the
-    inputs of ``layer1..layer4`` (the CMI / Fast-Datafree CIFAR driver's choice for ResNet-34;
-    reference-notes §1.6), not the inputs of every BN."""
+    inputs of ``layer1..layer4`` (the CMI / Fast-Datafree CIFAR driver's choice for ResNet-34), not the inputs of every BN."""
     model = ResNet(BasicBlock, (3, 4, 6, 3), num_classes, in_chans)
     model.cmi_taps = [f"layer{i}:in" for i in (1, 2, 3, 4)]
     return model
