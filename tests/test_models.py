@@ -103,6 +103,29 @@ RELATION.update({n: "wrn" for n in EXPECTED if n.startswith(("wrn", "kc_wrn"))})
 RELATION.update({"shufflenetv2": "shuffle2", "mobilenetv2": "linear", "mobile_full": "linear",
                  "mobilenetv2_imagenet": "linear"})
 
+# chenyaofo pytorch-cifar-models (registry/models/cifar_zoo.py): stride-1 stems on 32x32
+_CY_RESNET = _RESNET_THIN  # the same layout as RD resnet.py
+_CY_VGG = _KC_VGG  # a pool closes each of the five blocks; stage taps are the ReLUs before them
+EXPECTED.update({
+    **{f"cy_resnet{d}": _CY_RESNET for d in (20, 32, 44, 56)},
+    **{f"cy_vgg{d}_bn": _CY_VGG for d in (11, 13, 16, 19)},
+    # torchvision layout, stem and second group at stride 1: features.0, .3, .6, .13, .17
+    "cy_mobilenetv2_x0_5": _taps((16, 32, 32), [(16, 32, 32), (16, 16, 16), (48, 8, 8), (160, 4, 4)], 1280),
+    "cy_mobilenetv2_x0_75": _taps((24, 32, 32), [(24, 32, 32), (24, 16, 16), (72, 8, 8), (240, 4, 4)], 1280),
+    "cy_mobilenetv2_x1_0": _taps((32, 32, 32), [(24, 32, 32), (32, 16, 16), (96, 8, 8), (320, 4, 4)], 1280),
+    "cy_mobilenetv2_x1_4": _taps((48, 32, 32), [(32, 32, 32), (48, 16, 16), (136, 8, 8), (448, 4, 4)], 1792),
+    # torchvision layout, stride-1 3x3 stem of 24, no max-pool
+    **{f"cy_shufflenetv2_{w}": _taps((24, 32, 32), [(c1, 16, 16), (2 * c1, 8, 8), (4 * c1, 4, 4)], h)
+       for w, c1, h in [("x0_5", 48, 1024), ("x1_0", 116, 1024), ("x1_5", 176, 1024), ("x2_0", 244, 2048)]},
+    # RepVGG-A: stage0 and stage1 at stride 1
+    "cy_repvgg_a0": _taps((48, 32, 32), [(48, 32, 32), (96, 16, 16), (192, 8, 8), (1280, 4, 4)], 1280),
+    "cy_repvgg_a1": _taps((64, 32, 32), [(64, 32, 32), (128, 16, 16), (256, 8, 8), (1280, 4, 4)], 1280),
+    "cy_repvgg_a2": _taps((64, 32, 32), [(96, 32, 32), (192, 16, 16), (384, 8, 8), (1408, 4, 4)], 1408),
+})
+RELATION.update({n: "relu" for n in EXPECTED if n.startswith("cy_")})
+RELATION.update({n: "shuffle2" for n in EXPECTED if n.startswith("cy_shufflenetv2")})
+RELATION.update({n: "linear" for n in EXPECTED if n.startswith("cy_mobilenetv2")})
+
 
 def input_shape(name: str) -> Shape:
     if name.startswith("lenet"):
@@ -286,6 +309,8 @@ ALIASES = {
     **{f"resnet{d}_sm": f"resnet{d}" for d in (8, 14, 20, 32, 44, 56, 110)},
     **{f"resnet{d}_v": f"resnet{d}_imagenet" for d in (18, 34, 50)},
 }
+ALIASES.update({f"{ds}_{n[3:]}": n for n in EXPECTED if n.startswith("cy_")
+                for ds in ("cifar10", "cifar100")})
 # Keys of Fast-Datafree's registry.py MODEL_DICT / IMAGENET_MODEL_DICT and RD's model_dict.
 FD_NAMES = ["wrn16_1", "wrn16_2", "wrn40_1", "wrn40_2", "resnet8", "resnet20", "resnet32",
             "resnet56", "resnet110", "resnet8x4", "resnet32x4", "vgg8", "vgg11", "vgg13",

@@ -9,9 +9,9 @@ carries ``feature_taps`` (``stem``, ``stage1..N``, ``preact1..N``, ``pool``) for
 :class:`engine.hooks.FeatureTaps`.
 """
 from . import (  # noqa: F401  (importing a family module registers its models)
-    distiller_cifar, imagenet, lenet, mobilenetv2, resnet, resnet_akamaster, resnet_cifar,
-    shufflenetv1, shufflenetv2, vgg, wrn,
+    cifar_zoo, distiller_cifar, imagenet, lenet, mobilenetv2, resnet, resnet_akamaster,
+    resnet_cifar, shufflenetv1, shufflenetv2, vgg, wrn,
 )
-from ._factory import canonical_name, get_model, list_models, register_model
+from ._factory import canonical_name, get_model, is_external, list_models, model_normalization, register_model
 
-__all__ = ["get_model", "list_models", "register_model", "canonical_name"]
+__all__ = ["get_model", "list_models", "register_model", "canonical_name", "model_normalization", "is_external"]

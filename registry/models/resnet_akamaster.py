@@ -32,6 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._factory import register_model
+
+# akamaster trained on CIFAR-10 with the ImageNet statistics (its trainer.py's Normalize)
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 from ._layers import conv3x3, init_weights, make_taps
 
 
@@ -98,7 +101,7 @@ class OptionAResNet(nn.Module):
 def _register(depth: int) -> None:
     name = f"resnet{depth}_a"
 
-    @register_model(name)
+    @register_model(name, normalization=IMAGENET_STATS)
     def factory(num_classes: int = 10, in_chans: int = 3) -> nn.Module:
         return OptionAResNet(depth, num_classes, in_chans)
 
