@@ -24,8 +24,9 @@ setup(
         "tqdm",
         "scikit-learn",
         "matplotlib",
+        "pyyaml",
     ],
-    extras_require={"dev": ["pytest>=7"]},
+    extras_require={"dev": ["pytest>=7"], "timm": ["timm"]},
     entry_points={
         "console_scripts": [
             "dfkd-train-teacher=cifar100:main",

@@ -180,11 +180,16 @@ _CIFAR = dict(pairs=CIFAR_PAIRS, methods=CIFAR_METHODS, epochs=220, warmup=20, s
 # The reference settings scaled to 40 KD steps per epoch: pool methods run 2 rounds per epoch
 # (kd_steps 20 of 40), generative ones their own KD-steps-per-G-step ratio (5, or 10 for DFQ);
 # every generator at half width (ngf 32, in `common`).
+# Short runs: no generator reset (the CIFAR recipe's reset_l0 1, which recipes/fast_meta_cifar.yaml
+# would otherwise fill in; bn_mmt 0.9 is in the protocol's common flags).
+_MNIST_FAST = ("--reset_l0", "0", "--reset_bn", "0")
 MNIST_METHODS: Dict[str, Method] = {
     "fast_meta": Method("Fast-5 (fast_meta)", "fast_meta", g_steps=5, kd_steps=20, ep_steps=40, warmup=True,
-                        flags=("--lr_g", "3e-3", "--lr_z", "0.01", "--adv", "1.0", "--bn", "10", "--oh", "0.5")),
+                        flags=("--lr_g", "3e-3", "--lr_z", "0.01", "--adv", "1.0", "--bn", "10", "--oh", "0.5")
+                        + _MNIST_FAST),
     "fast": Method("fast (no meta)", "fast", g_steps=5, kd_steps=20, ep_steps=40, warmup=True,
-                   flags=("--lr_g", "3e-3", "--lr_z", "0.01", "--adv", "1.0", "--bn", "10", "--oh", "0.5")),
+                   flags=("--lr_g", "3e-3", "--lr_z", "0.01", "--adv", "1.0", "--bn", "10", "--oh", "0.5")
+                   + _MNIST_FAST),
     "deepinv": Method("DeepInv-1k", "deepinv", g_steps=1000, kd_steps=20, ep_steps=40, warmup=True,
                       flags=("--lr_g", "0.1", "--adv", "1", "--bn", "10", "--oh", "1")),
     "cmi": Method("CMI-100", "cmi", g_steps=100, kd_steps=20, ep_steps=40, warmup=True,

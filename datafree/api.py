@@ -25,6 +25,7 @@ import torch.nn as nn
 from datafree import SynthesisConfig, get_synthesizer_class
 from datafree.source import DataFreeSource
 from engine.logger import RunLogger
+from engine.preflight import probe_models
 from engine.trainer import TrainConfig, Trainer
 from engine.utils import resolve_device
 from kd.distillers import KD, Weights
@@ -49,8 +50,7 @@ class StudentLoss:
 def student_loss(method: str, kd_loss: Optional[str] = None, T: Optional[float] = None,
                  default_T: float = 20.0) -> StudentLoss:
     """Resolve the student's KD loss of ``method``: an explicit ``kd_loss`` / ``T`` wins; otherwise
-    the method's published default (reference-notes §1.7: KL at T=1 for dafl/zskt/dfq, L1 for
-    dfad, because Fast-Datafree's driver reuses the adversarial criterion as the KD criterion),
+    the method's published default (KL at T=1 for dafl/zskt/dfq, L1 for dfad, because Fast-Datafree's driver reuses the adversarial criterion as the KD criterion),
     and ``default_T`` for the pool methods."""
     cls = get_synthesizer_class(method)
     published = StudentLoss(cls.student_loss, cls.student_T or 1.0, "published")
@@ -72,6 +72,31 @@ def student_loss(method: str, kd_loss: Optional[str] = None, T: Optional[float] 
     return StudentLoss(loss, float(T), source)
 
 
+def recipe_config(method: str, **fields) -> SynthesisConfig:
+    """A :class:`SynthesisConfig` with ``method``'s published CIFAR recipe
+    (``recipes/<method>_cifar.yaml``, the same file the command line's defaults come from) and
+    ``fields`` on top, e.g. ``recipe_config("fast_meta", num_classes=10, mean=M, std=S)``."""
+    import dataclasses
+
+    import yaml
+
+    from engine.recipes import method_recipe
+
+    path = method_recipe(method)
+    recipe = {}
+    if path:
+        with open(path) as f:
+            recipe = yaml.safe_load(f) or {}
+    names = {f.name: f for f in dataclasses.fields(SynthesisConfig)}
+    values = {}
+    for key, value in recipe.items():
+        key = {"synthesis_batch_size": "batch_size"}.get(key, key)
+        if key in names and key not in ("seed",):
+            default = names[key].default
+            values[key] = type(default)(value) if isinstance(default, (bool, int, float)) and value is not None else value
+    return SynthesisConfig(**{**values, **fields})
+
+
 def build_trainer(teacher: nn.Module, student: nn.Module, method: str, syn: SynthesisConfig, train: TrainConfig,
                   test_loader: Optional[Iterable] = None, T: Optional[float] = None, kd_loss: Optional[str] = None,
                   batch_size: int = 256,
@@ -86,6 +111,9 @@ def build_trainer(teacher: nn.Module, student: nn.Module, method: str, syn: Synt
     left ``None`` take the method's published student loss (:func:`student_loss`; T 20 for the
     pool methods, the CIFAR scripts' value)."""
     device = device or resolve_device("auto")
+    # a teacher or student that does not take the configured images or give num_classes logits
+    # fails here, with one line, before the synthesizer or any output exists
+    probe_models({"teacher": teacher, "student": student}, syn.num_classes, syn.nc, syn.img_size)
     teacher = teacher.to(device).eval()
     teacher.requires_grad_(False)
     student = student.to(device)

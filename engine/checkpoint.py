@@ -1,23 +1,63 @@
 """Checkpoints: atomic writes, and forgiving-but-strict weight loading.
 
 ``save_checkpoint`` writes to a temporary file in the same folder and renames it over the
-target, so a crash mid-write never leaves a truncated ``last.pt``. ``load_weights`` reads
-with ``torch.load(weights_only=True)`` (no pickled code runs) and accepts the layouts found
-in the wild: a bare state dict, or one under ``state_dict``, ``model``, ``model_state_dict``
-or ``net``, with or without DataParallel's ``module.`` prefix. If the weights do not fit
-the architecture, :class:`CheckpointMismatchError` names every missing key, unexpected key
-and shape mismatch.
+target, so a crash mid-write never leaves a truncated ``last.pt``; the file gets the user's
+umask like any other file. ``load_weights`` reads with ``torch.load(weights_only=True)``, so no
+pickled code ever runs, and accepts the layouts found in the wild:
+
+* a bare state dict, or one under ``state_dict``, ``model``, ``model_state_dict`` or ``net``
+  beside any metadata (RepDistiller's ``{'model', 'accuracy': 0-d tensor, 'epoch'}`` and its
+  ``*_last.pth`` with ``'opt': argparse.Namespace``; mdistiller's ``{'model', 'best_acc'}``;
+  Fast-Datafree's ``{'state_dict', 'best_acc1', 'arch'}``; torchdistill's ``{'model', 'args':
+  Namespace, ...}``; Lightning's ``{'state_dict', 'hyper_parameters': AttributeDict, ...}``);
+* keys behind DataParallel / DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``, or the
+  attribute a wrapper holds the network in (Lightning's ``model.``, mdistiller's ``student.``),
+  the wrapper's other modules (a Lightning module's ``teacher.*``) left out.
+
+Metadata of a few harmless types is allowed (:data:`HARMLESS_GLOBALS`: ``argparse.Namespace``,
+numpy scalars and arrays, Lightning's ``AttributeDict`` read as a plain dict). Anything else
+pickled is refused with :class:`CheckpointError`, as is an empty, truncated or non-checkpoint
+file. If the weights do not fit the architecture, :class:`CheckpointMismatchError` names every
+missing key, unexpected key and shape mismatch.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import pickle
 import tempfile
+import zipfile
 from typing import Dict, List, Mapping, Optional, Union
+
+import numpy as np
 
 import torch
 import torch.nn as nn
 
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "net")
+# prefixes every key gets from a wrapper that is never part of the network itself
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# attributes a training wrapper holds the network in (Lightning: model., mdistiller: student.)
+HOLDER_PREFIXES = ("model.", "student.", "net.", "module.", "_orig_mod.")
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be read as a checkpoint: empty, truncated, not PyTorch, or holding
+    pickled objects that ``weights_only`` loading refuses."""
+
+
+def _numpy_globals() -> list:
+    core = getattr(np, "_core", None) or np.core
+    found = [np.dtype, np.ndarray, core.multiarray.scalar, core.multiarray._reconstruct]
+    found += [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int32, np.int64, np.bool_)]
+    names = [(f, f"numpy.core.multiarray.{f.__name__}") for f in found[2:4]]  # numpy < 2 spelling
+    return found + names
+
+
+HARMLESS_GLOBALS = [argparse.Namespace, *_numpy_globals(),
+                    # Lightning's AttributeDict (a dict with attribute access), read back as a plain dict
+                    (dict, "lightning.fabric.utilities.data.AttributeDict"),
+                    (dict, "pytorch_lightning.utilities.parsing.AttributeDict")]
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -25,22 +65,31 @@ class CheckpointMismatchError(RuntimeError):
 
     def __init__(self, missing: List[str], unexpected: List[str], shapes: Dict[str, tuple], source: str = ""):
         self.missing, self.unexpected, self.shapes = missing, unexpected, shapes
-        lines = [f"checkpoint {source} does not fit the architecture:".replace("  ", " ")]
+        parts = []  # one line, as every expected error is: what differs, separated by '; '
         if missing:
-            lines.append(f"  missing keys ({len(missing)}): " + ", ".join(missing))
+            parts.append(f"missing keys ({len(missing)}): " + ", ".join(missing))
         if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
+            parts.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
         for k, (want, got) in shapes.items():
-            lines.append(f"  shape mismatch {k}: model {tuple(want)} vs checkpoint {tuple(got)}")
-        super().__init__("\n".join(lines))
+            parts.append(f"shape mismatch {k}: model {tuple(want)} vs checkpoint {tuple(got)}")
+        head = f"checkpoint {source} does not fit the architecture: ".replace("  ", " ")
+        super().__init__(head + "; ".join(parts))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(obj: dict, path: str) -> None:
-    """Write ``obj`` to ``path`` atomically (temporary file in the same folder + rename)."""
+    """Write ``obj`` to ``path`` atomically (temporary file in the same folder + rename), with
+    the permissions the user's umask gives new files (``mkstemp`` alone would make it 0600)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -53,29 +102,106 @@ def save_checkpoint(obj: dict, path: str) -> None:
 
 
 def load_checkpoint(path: str, map_location: Union[str, torch.device] = "cpu") -> dict:
-    """Load a checkpoint written by this engine (tensors and plain containers only)."""
+    """Load a checkpoint with ``weights_only=True`` (tensors, plain containers and
+    :data:`HARMLESS_GLOBALS`); every way a file can fail to be one is a :class:`CheckpointError`."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint {path}: the file is empty")
+    try:
+        with torch.serialization.safe_globals(HARMLESS_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        try:
+            unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                      if not _is_harmless(g)]
+        except Exception:  # not a zip checkpoint: the unpickler's own message says what it saw
+            unsafe = []
+        if unsafe:
+            raise CheckpointError(
+                f"checkpoint {path}: refused to unpickle {', '.join(unsafe)} (loading never runs pickled code; "
+                f"save the weights alone, torch.save(model.state_dict(), PATH), and load that)") from None
+        raise CheckpointError(f"checkpoint {path}: not a readable PyTorch checkpoint, or truncated") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
+        detail = "" if isinstance(e, KeyError) else f" ({_first_line(e)})"  # KeyError: a stray pickle opcode
+        raise CheckpointError(f"checkpoint {path}: not a readable PyTorch checkpoint, or truncated{detail}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    if not text:
+        return type(e).__name__
+    first = text[0].split(". ")[0]  # the first sentence: torch's messages go on with advice
+    return first[:160]
+
+
+def _is_harmless(name: str) -> bool:
+    for g in HARMLESS_GLOBALS:
+        full = g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}"
+        if full == name:
+            return True
+    return False
+
+
+def _holds_tensors(m) -> bool:
+    """A mapping with a tensor somewhere inside (at most two levels down)."""
+    if not isinstance(m, Mapping):
+        return False
+    return any(isinstance(v, torch.Tensor) or (isinstance(v, Mapping) and
+               any(isinstance(w, (torch.Tensor, Mapping)) for w in v.values())) for v in m.values())
 
 
 def extract_state_dict(ckpt: Mapping) -> Dict[str, torch.Tensor]:
-    """Find the state dict inside any of the accepted layouts and strip ``module.``."""
+    """Find the state dict inside any of the accepted layouts; strip ``module.`` / ``_orig_mod.``.
+
+    A state-dict key (``state_dict``, ``model``, ...) holding tensors wins over tensors beside it,
+    so metadata such as RepDistiller's 0-d ``accuracy`` tensor is never taken for the weights."""
     sd = ckpt
-    for _ in range(2):  # e.g. {"model": {"state_dict": ...}} nests at most once in practice
-        if isinstance(sd, Mapping) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
-            key = next((k for k in STATE_DICT_KEYS if k in sd and isinstance(sd[k], Mapping)), None)
-            if key is None:
-                break
-            sd = sd[key]
+    for _ in range(3):  # e.g. {"model": {"state_dict": ...}} nests at most once in practice
+        if not isinstance(sd, Mapping):
+            break
+        key = next((k for k in STATE_DICT_KEYS if k in sd and _holds_tensors(sd[k])), None)
+        if key is None:
+            break
+        sd = sd[key]
     if not isinstance(sd, Mapping) or not any(isinstance(v, torch.Tensor) for v in sd.values()):
         found = list(ckpt.keys())[:20] if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise ValueError(
             f"no state dict found: expected tensors at the top level or under one of "
             f"{', '.join(STATE_DICT_KEYS)}; found {found}")
     sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+    stripped = True
+    while sd and stripped:  # DataParallel around a compiled model: module._orig_mod.conv1.weight
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in sd):
+                sd, stripped = {k[len(prefix):]: v for k, v in sd.items()}, True
+    return sd
+
+
+def _fits(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor]) -> bool:
+    return (all(k in sd or k.endswith("num_batches_tracked") for k in own)
+            and all(k in own and own[k].shape == v.shape for k, v in sd.items()))
+
+
+def select_for(model: nn.Module, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``sd`` itself if it fits ``model``; else the part of it under a holder attribute
+    (``model.``, ``student.``, ...) that fits, prefix removed; else ``sd`` unchanged (and
+    :func:`check_fit` reports the difference)."""
+    own = model.state_dict()
+    if _fits(own, sd):
+        return sd
+    frontier = [sd]
+    for _ in range(3):  # e.g. Lightning around DataParallel: model.module.conv1.weight
+        nxt = []
+        for cand in frontier:
+            for prefix in HOLDER_PREFIXES:
+                part = {k[len(prefix):]: v for k, v in cand.items() if k.startswith(prefix)}
+                if part and _fits(own, part):
+                    return part
+                if part:
+                    nxt.append(part)
+        frontier = nxt
     return sd
 
 
@@ -95,10 +221,17 @@ def load_weights(model: nn.Module, source: Union[str, Mapping], map_location="cp
     """Load teacher/student weights from a path or an in-memory checkpoint, strictly."""
     name = source if isinstance(source, str) else "<in-memory>"
     ckpt = load_checkpoint(source, map_location) if isinstance(source, str) else source
-    sd = extract_state_dict(ckpt)
+    sd = select_for(model, extract_state_dict(ckpt))
     check_fit(model, sd, name)
     model.load_state_dict(sd, strict=False)  # check_fit was strict; only absent BN counters are tolerated
     return model
+
+
+def export_weights(model: nn.Module, path: str) -> str:
+    """``--export``: the model's weights alone, as a plain state dict on the CPU, written
+    atomically; ``torch.load(path)`` gives a dict that ``model.load_state_dict`` takes."""
+    save_checkpoint({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+    return path
 
 
 def find_resume_path(resume: Optional[str], save_dir: str) -> Optional[str]:

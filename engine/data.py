@@ -269,14 +269,28 @@ def dataset_labels(data) -> torch.Tensor:
 
 def build_loader(name: str, split: str, batch_size: int, device: torch.device, data_root: str,
                  pipeline: str = "tensor", workers: int = 4, seed: int = 0, download: bool = True,
-                 with_index: bool = False, flip: Optional[bool] = None):
+                 with_index: bool = False, flip: Optional[bool] = None, normalization=None):
     """A batch iterator for ``split`` of dataset ``name``: a :class:`TensorLoader` for tensor
     datasets (``pipeline='tensor'``), otherwise a PIL :class:`PILLoader`. ``with_index``
-    yields ``(x, y, index)``; ``flip`` overrides the dataset's horizontal flip (training only).
-    The loader's ``labels`` attribute holds the split's labels in index order."""
+    yields ``(x, y, index)``; ``flip`` overrides the dataset's horizontal flip (training only);
+    ``normalization`` = (mean, std) replaces the dataset's (a teacher trained with other
+    statistics, e.g. akamaster's ImageNet ones on CIFAR-10). The loader's ``labels`` attribute
+    holds the split's labels in index order."""
     data = get_dataset(name, split, data_root, download)
     train = split == "train"
     labels = dataset_labels(data)
+    if normalization is not None:
+        from dataclasses import replace
+
+        mean, std = (tuple(v) for v in normalization)
+        if isinstance(data, TensorSplit):
+            data = TensorSplit(data.images, data.labels, replace(data.spec, mean=mean, std=std))
+        else:  # folder sets: their PIL transform's Normalize
+            import torchvision.transforms as T
+
+            for t in getattr(getattr(data, "transform", None), "transforms", []):
+                if isinstance(t, T.Normalize):
+                    t.mean, t.std = list(mean), list(std)
     if isinstance(data, TensorSplit):
         if pipeline == "tensor":
             loader = TensorLoader(data, batch_size, train, device, seed=seed, with_index=with_index, flip=flip)

@@ -4,13 +4,34 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional
+from typing import Iterable, Mapping, Optional
 
 import torch
 
 from engine.checkpoint import find_resume_path
 from engine.logger import RunLogger
-from engine.utils import library_versions, resolve_device, seed_everything
+from engine.preflight import UsageError, check_device, clear_run_outputs
+from engine.utils import library_versions, seed_everything
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse`` with no abbreviations (``--epoch`` is not ``--epochs``, so a preset can never
+    silently replace a flag the user gave) and usage errors as one line: the error, a close
+    flag name when there is one, and exit code 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        import difflib
+
+        hint = ""
+        if message.startswith("unrecognized arguments:"):
+            flags = [t for t in message.split(":", 1)[1].split() if t.startswith("-")]
+            close = [m for f in flags for m in difflib.get_close_matches(f.split("=")[0], list(self._option_string_actions), 1)]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        self.exit(2, f"error: {message}{hint}; {self.prog} --help lists the flags\n")
 
 
 def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -32,7 +53,17 @@ def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "pays a compile time up front, worth it for long CUDA runs")
     g.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from <save_dir>/last.pt, or from the given checkpoint")
-    g.add_argument("--workers", type=int, default=4, help="DataLoader workers for image-folder datasets")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --save_dir (without it, such a folder is refused)")
+    g.add_argument("--config", default=None, metavar="RECIPE.yaml",
+                   help="flags as keys (e.g. recipes/fast_meta_cifar.yaml); the command line overrides them")
+    g.add_argument("--export", default=None, metavar="FILE.pt",
+                   help="also write the trained model's final weights alone (a plain state dict: "
+                        "model.load_state_dict(torch.load(FILE)) on the registry model)")
+    g.add_argument("--dry_run", action="store_true",
+                   help="check the whole command line (names, files, data, output folder), print the plan, "
+                        "and exit without writing or training anything")
+    g.add_argument("--workers", "-j", type=int, default=4, help="DataLoader workers for image-folder datasets")
     g.add_argument("--pipeline", default="tensor", choices=["tensor", "pil"],
                    help="tensor: whole split on the device, per-batch augmentation; pil: classic DataLoader")
     g.add_argument("--log_every", type=int, default=50, help="steps between loss checks / progress updates")
@@ -41,14 +72,63 @@ def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def apply_preset(args: argparse.Namespace, preset: dict, argv: Optional[list] = None) -> set:
-    """Set each preset value unless that flag was given on the command line (so ``--quick
-    --epochs 3`` keeps 3). Returns the names of the flags that were given."""
-    given = {a.split("=")[0].lstrip("-") for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
+def apply_preset(args: argparse.Namespace, preset: Mapping, given: Iterable[str]) -> None:
+    """Set each preset value unless that flag was given on the command line (``given``: the
+    ``dest`` names from :func:`given_flags`, so ``--quick --epochs 3`` keeps 3 whatever the
+    spelling of ``--epochs``)."""
+    given = set(given)
     for k, v in preset.items():
         if k not in given:
             setattr(args, k, v)
-    return given
+
+
+def _convert(action: argparse.Action, key: str, value, source: str):
+    """A recipe value as the flag's parser would have produced it."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise UsageError(f"{source}: {key}: expected true or false, got {value!r}")
+        return value if isinstance(action, argparse._StoreTrueAction) else not value
+    convert = action.type or (lambda v: v)
+    try:
+        if action.nargs in ("+", "*") or isinstance(action.nargs, int):
+            items = value if isinstance(value, (list, tuple)) else str(value).split()
+            out = [convert(v) if isinstance(v, str) or action.type in (int, float) else v for v in items]
+        else:
+            out = convert(value) if value is not None and (isinstance(value, str) or action.type in (int, float)) else value
+    except (TypeError, ValueError):
+        raise UsageError(f"{source}: {key}: cannot read {value!r} as {getattr(convert, '__name__', 'a value')}") from None
+    if action.choices is not None and out is not None:
+        for v in (out if isinstance(out, list) else [out]):
+            if v not in action.choices:
+                raise UsageError(f"{source}: {key}: {v!r} is not one of {', '.join(map(str, action.choices))}")
+    return out
+
+
+def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
+    """Read a recipe file (YAML; keys are flag names, with or without ``--``, ``-`` or ``_``)
+    into ``{dest: value}``, each value converted as its flag would be. Unknown keys list the
+    valid ones."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise UsageError(f"--config {path}: no such file")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise UsageError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: expected flag: value lines, got a {type(data).__name__}")
+    options = parser._option_string_actions
+    out = {}
+    for key, value in data.items():
+        name = "--" + str(key).lstrip("-")
+        action = options.get(name) or options.get("--" + name[2:].replace("-", "_"))
+        if action is None or action.dest in ("config", "help"):
+            valid = sorted({a.dest for a in parser._actions if a.option_strings and a.dest not in ("help", "config")})
+            raise UsageError(f"--config {path}: unknown flag {key!r}. Valid keys: {', '.join(valid)}")
+        out[action.dest] = _convert(action, str(key), value, f"--config {path}")
+    return out
 
 
 def given_flags(parser: argparse.ArgumentParser, argv: Optional[list] = None) -> set:
@@ -71,15 +151,20 @@ def given_flags(parser: argparse.ArgumentParser, argv: Optional[list] = None) ->
 
 
 def prepare_run(args: argparse.Namespace, name: str):
-    """Seed, pick the device, create ``save_dir`` and its logger; find a resume checkpoint."""
+    """Seed, pick the device, create ``save_dir`` and its logger; find a resume checkpoint.
+    Call it after every check: it is the first step that writes (``--overwrite`` first removes
+    the earlier run's files)."""
     seed_everything(args.seed)
     if getattr(args, "deterministic", False):
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
-    device = resolve_device(args.device)
+    device = check_device(args.device)
+    resume = find_resume_path(args.resume, args.save_dir)
+    removed = clear_run_outputs(args.save_dir) if getattr(args, "overwrite", False) and not resume else []
     os.makedirs(args.save_dir, exist_ok=True)
     logger = RunLogger(args.save_dir, name=name)
-    resume = find_resume_path(args.resume, args.save_dir)
+    if removed:
+        logger.info(f"--overwrite: removed the earlier run's {', '.join(removed)}")
     logger.info("command: " + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]))
     logger.info(f"device: {device} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
                 f"output: {os.path.abspath(args.save_dir)}")
@@ -89,18 +174,31 @@ def prepare_run(args: argparse.Namespace, name: str):
 def run_main(fn, argv: Optional[list] = None) -> int:
     """Turn the engine's expected failures into one clear line and a non-zero exit code
     (set ``FASTDFKD_DEBUG=1`` to get the traceback instead)."""
-    from engine.checkpoint import CheckpointMismatchError
-    from engine.trainer import DivergenceError
-
     try:
         fn(argv)
         return 0
-    except (DivergenceError, CheckpointMismatchError, KeyError, FileNotFoundError, ValueError) as e:
+    except EXPECTED_ERRORS as e:
         if os.environ.get("FASTDFKD_DEBUG"):  # full traceback when debugging
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
 
 
-__all__ = ["add_common_args", "apply_preset", "prepare_run", "run_main", "library_versions"]
+def error_line(e: BaseException) -> str:
+    """An expected error as the one line the user sees (also written to ``log.txt``)."""
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return str(msg)
+
+
+def _expected_errors() -> tuple:
+    from engine.checkpoint import CheckpointMismatchError
+    from engine.trainer import DivergenceError
+
+    # UsageError, CheckpointError are ValueErrors; DatasetUnavailable is a FileNotFoundError
+    return (DivergenceError, CheckpointMismatchError, KeyError, FileNotFoundError, ValueError)
+
+
+EXPECTED_ERRORS = _expected_errors()
+
+__all__ = ["add_common_args", "apply_preset", "given_flags", "load_config", "prepare_run", "run_main",
+           "library_versions", "EXPECTED_ERRORS", "error_line"]

@@ -69,6 +69,24 @@ class RunLogger:
         if self.writer is not None:
             self.writer.flush()
 
+    def __enter__(self) -> "RunLogger":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        """An expected error (bad input found late, divergence) also ends up in ``log.txt`` as the
+        same one line the console shows; the logger is closed either way."""
+        if exc is not None:
+            from engine.launch import EXPECTED_ERRORS, error_line
+
+            if isinstance(exc, EXPECTED_ERRORS):  # the console gets it once, from run_main, on stderr
+                record = self.log.makeRecord(self.log.name, logging.ERROR, __file__, 0, f"error: {error_line(exc)}",
+                                             None, None)
+                for h in self.log.handlers:
+                    if isinstance(h, logging.FileHandler):
+                        h.handle(record)
+        self.close()
+        return False
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

@@ -251,6 +251,29 @@ class Trainer:
         self.best_top1, self.best_epoch = ckpt["best_top1"], ckpt["best_epoch"]
         self.time_total = ckpt.get("time_total", 0.0)
         self.logger.info(f"resumed from {path} at epoch {self.start_epoch}")
+        saved_epochs = (ckpt.get("config") or {}).get("epochs")
+        if saved_epochs is not None and saved_epochs != self.cfg.epochs:
+            self._replan(saved_epochs)
+
+    def _replan(self, saved_epochs: int) -> None:
+        """A resume with another ``--epochs``: the cosine schedule is re-planned over the new
+        length from where the run is (the learning rate continues from the new curve's value at
+        this epoch, instead of the old curve's), and the log says so. Step schedules keep their
+        milestones."""
+        cfg, sched = self.cfg, self.scheduler
+        if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+            sched.T_max = max(cfg.epochs - cfg.sched_start_epoch, 1)
+            t = min(sched.last_epoch, sched.T_max)
+            lrs = [cfg.eta_min + (base - cfg.eta_min) * (1 + math.cos(math.pi * t / sched.T_max)) / 2
+                   for base in sched.base_lrs]
+            for group, lr in zip(self.optimizer.param_groups, lrs):
+                group["lr"] = lr
+            sched._last_lr = lrs
+            self.logger.info(f"--epochs {cfg.epochs} (checkpoint: {saved_epochs}): the cosine schedule is re-planned "
+                             f"over {sched.T_max} epochs; lr now {lrs[0]:.4g}")
+        else:
+            self.logger.info(f"--epochs {cfg.epochs} (checkpoint: {saved_epochs}): training continues to epoch "
+                             f"{cfg.epochs} with the same {cfg.schedule} schedule")
 
     @property
     def last_path(self) -> str:

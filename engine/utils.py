@@ -18,9 +18,18 @@ def resolve_device(name: Optional[str] = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    valid = "auto, cpu" + (", cuda" if torch.cuda.is_available() else "") + (
+        ", mps" if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() else "")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RuntimeError(f"--device {name}: not a device name (this machine has: {valid})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name} asked for, but CUDA is not available on this machine")
+        raise RuntimeError(f"--device {name}: CUDA is not available on this machine (it has: {valid})")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RuntimeError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and "mps" not in valid:
+        raise RuntimeError(f"--device {name}: MPS is not available on this machine (it has: {valid})")
     return device
 
 

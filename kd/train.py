@@ -42,20 +42,22 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import torch.nn as nn  # noqa: E402
 
-from engine.checkpoint import load_weights  # noqa: E402
+from engine.checkpoint import export_weights, load_weights  # noqa: E402
 from engine.data import FixedSteps, build_loader  # noqa: E402
-from engine.launch import add_common_args, apply_preset, prepare_run, run_main  # noqa: E402
+from engine.launch import Parser, add_common_args, apply_preset, given_flags, load_config, prepare_run, run_main  # noqa: E402
 from engine.logger import RunLogger  # noqa: E402
 from engine.objective import CrossEntropyObjective  # noqa: E402
 from engine.stages import Stage, run_stages  # noqa: E402
 from engine.trainer import TrainConfig, Trainer, evaluate  # noqa: E402
-from engine.utils import resolve_device, seed_everything  # noqa: E402
+from engine.preflight import (UsageError, check_device, check_file, check_output_dir, require_nonnegative,  # noqa: E402
+                              require_positive)
+from engine.utils import seed_everything  # noqa: E402
 from kd.distillers import DataInfo, Distiller, Weights, canonical_distiller, get_distiller_class, list_distillers  # noqa: E402
 from kd.distillers.registry import _DISTILLERS  # noqa: E402
 from kd.modes import canonical_mode, get_mode, list_modes  # noqa: E402
 from kd.results import write_results  # noqa: E402
 from registry.datasets import dataset_spec, list_datasets  # noqa: E402
-from registry.models import canonical_name, get_model  # noqa: E402
+from registry.models import canonical_name, get_model, model_normalization  # noqa: E402
 
 SMALL_LR_MODELS = {"mobilenetv2", "shufflenetv1", "shufflenetv2"}  # RepDistiller: lr 0.01 for these students
 CRD_MODES = ("exact", "relax")
@@ -139,8 +141,7 @@ def _parse_taps(items: Optional[Sequence[str]]) -> Optional[Dict[str, str]]:
 
 
 def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     methods = ", ".join(list_distillers(True) + list_modes())
     p.add_argument("--distill", nargs="+", default=None, metavar="METHOD", help=f"method(s): {methods}")
     p.add_argument("--mode", nargs="+", default=None,
@@ -227,6 +228,14 @@ def infer_teacher_name(path: str, dataset: Optional[str] = None) -> Optional[str
                 continue
         return None
     stem = os.path.splitext(os.path.basename(path))[0]
+    # a registered name itself: chenyaofo's hub names (cifar100_vgg11_bn), also with the -<hash>
+    # suffix of its downloads (cifar10_resnet20-4118986f.pt); a bare resnet20-<hash> says nothing
+    names = [stem] + ([stem.rsplit("-", 1)[0]] if stem.startswith(tuple(f"{d}_" for d in list_datasets())) else [])
+    for name in names:
+        try:
+            return canonical_name(name)
+        except KeyError:
+            pass
     for ds in ([dataset] if dataset else []) + list_datasets():
         if stem.startswith(ds + "_"):
             try:
@@ -251,10 +260,17 @@ def dialect_model(name: str, recipe: str) -> str:
 def parse_args(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None,
                recipe: Optional[str] = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    args.job = "kd"
     args.given = _given(argv)
+    given = given_flags(parser, argv)
+    if args.config:
+        config = load_config(args.config, parser)
+        apply_preset(args, config, given)
+        given |= set(config)
     if args.quick:
-        apply_preset(args, QUICK, argv)
+        apply_preset(args, QUICK, given)
     # method list: --distill, or Distiller's --mode list (RepDistiller's --mode is CRD's negatives)
     args.crd_mode = args.crd_mode.lower() if getattr(args, "crd_mode", None) else None
     if args.mode is not None:
@@ -394,10 +410,14 @@ class RunContext:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.spec = args.spec
-        self.device = resolve_device(args.device)
+        self.device = check_device(args.device)
         self._loaders: Dict[Tuple[bool, Optional[bool]], Any] = {}
+        # the statistics the teacher's (else the student's) published checkpoints were trained with,
+        # when they are not the dataset's own (akamaster's, chenyaofo's CIFAR-100 models)
+        self.normalization = model_normalization(args.teacher or args.student, self.spec.name)
         self.test_loader = build_loader(args.dataset, "test", 256, self.device, args.data_root, pipeline=args.pipeline,
-                                        workers=args.workers, download=not args.no_download)
+                                        workers=args.workers, download=not args.no_download,
+                                        normalization=self.normalization)
         self.logger: Optional[RunLogger] = None
 
     def train_loader(self, with_index: bool = False, flip: Optional[bool] = None):
@@ -406,7 +426,7 @@ class RunContext:
             a = self.args
             loader = build_loader(a.dataset, "train", a.batch_size, self.device, a.data_root, pipeline=a.pipeline,
                                   workers=a.workers, seed=a.seed, download=not a.no_download, with_index=with_index,
-                                  flip=flip)
+                                  flip=flip, normalization=self.normalization)
             self._loaders[key] = loader
         return self._loaders[key]
 
@@ -418,7 +438,8 @@ class RunContext:
 
             loader = SaliencyMix(loader, p=self.args.saliencymix, variant=self.args.saliencymix_variant,
                                  num_classes=self.spec.num_classes, beta=self.args.saliencymix_beta,
-                                 mean=self.spec.mean, std=self.spec.std)
+                                 mean=(self.normalization or (self.spec.mean, self.spec.std))[0],
+                                 std=(self.normalization or (self.spec.mean, self.spec.std))[1])
         if self.args.steps_per_epoch:
             loader = FixedSteps(loader, self.args.steps_per_epoch)
         return loader
@@ -522,6 +543,8 @@ def run_method(ctx: RunContext, method: str, save_dir: str) -> dict:
     seed_everything(a.seed)
     stages = distill_stages(ctx, method, student, teacher if cls.needs_teacher else None, save_dir)
     metrics = run_stages(stages, resume=bool(a.resume), log=ctx.info)[-1]
+    if a.export and len(a.methods) == 1:
+        ctx.info(f"student weights: {export_weights(student, a.export)}")
     row = result_row(method, a.student, a.teacher if cls.needs_teacher else None, t_acc if cls.needs_teacher else None,
                      metrics, save_dir)
     extra = {k: v for k, v in (metrics.get("history") or [{}])[-1].items() if k.startswith("top1_")}
@@ -563,15 +586,16 @@ def run(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None, recipe
         args = parse_args(argv, prog, recipe)
         for method in args.methods:
             warn_unused(args, method)
-    if args.quick and args.teacher_ckpt is None:
-        import cifar100
-
-        args.teacher_ckpt = cifar100.ensure_quick_teacher(["--device", args.device]
-                                                          + (["--no_progress"] if args.no_progress else []))
+    check_args(args)
     ctx = RunContext(args)  # loads the test split: fails before anything is written
     for method in args.methods:
         if method in list_modes():
             get_mode(method).validate(ctx)
+    if args.quick and args.teacher_ckpt is None:  # every check that needs no teacher weights has passed
+        import cifar100
+
+        args.teacher_ckpt = cifar100.ensure_quick_teacher(["--device", args.device]
+                                                          + (["--no_progress"] if args.no_progress else []))
     teacher_stages = prepare_teacher(ctx)
     for method in args.methods:  # build once to validate taps/shapes/options before writing anything
         if method not in list_modes():
@@ -580,10 +604,39 @@ def run(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None, recipe
         raise ValueError("kd/train.py resumes every stage from its own folder under --save_dir: pass --resume "
                          f"without a path (and --save_dir <the run's folder>), not {args.resume!r}")
     wants_resume = bool(args.resume)
+    check_output_dir(args.save_dir, wants_resume, args.overwrite)
+    if args.dry_run:
+        print(f"dry run: {' '.join(args.methods)} {args.teacher} -> {args.student} on {args.dataset}, "
+              f"{args.epochs} epochs, lr {args.lr}, batch {args.batch_size}, device {ctx.device}, output {args.save_dir}; "
+              "all checks passed, nothing written")
+        return {"dry_run": True}
     args.resume = None  # each stage finds its own last.pt (run_stages)
     device, logger, _ = prepare_run(args, "kd")
     ctx.logger = logger
     args.resume = wants_resume
+    with logger:
+        return _run_stages(args, ctx, logger, teacher_stages, wants_resume)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The numbers and files of a KD command line, before anything is built."""
+    require_positive(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, kd_T=args.kd_T,
+                     init_epochs=args.init_epochs, steps_per_epoch=args.steps_per_epoch, log_every=args.log_every)
+    require_nonnegative(momentum=args.momentum, weight_decay=args.weight_decay, lr_decay_rate=args.lr_decay_rate,
+                        r=args.r, a=args.a, b=args.b, workers=args.workers)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite: continue the run in --save_dir, or replace it, not both")
+    if args.export and args.methods[0] in list_modes():
+        raise UsageError(f"--export {args.export}: the {args.methods[0]} mode trains several models; each run's "
+                         "folder holds its best.pt and last.pt")
+    if args.export and len(args.methods) != 1:
+        raise UsageError(f"--export {args.export}: give one method (this run trains {len(args.methods)}: "
+                         f"{' '.join(args.methods)}); each run's folder holds its best.pt and last.pt")
+    check_file("teacher_ckpt", args.teacher_ckpt, "checkpoint")
+    check_file("s_init", args.s_init, "checkpoint")
+
+
+def _run_stages(args, ctx, logger, teacher_stages, wants_resume) -> dict:
     if wants_resume and not any(f == "last.pt" for _, _, files in os.walk(args.save_dir) for f in files):
         logger.info(f"--resume: no checkpoint under {args.save_dir} yet; starting from the beginning")
     resume = wants_resume
@@ -600,9 +653,7 @@ def run(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None, recipe
         folder = args.save_dir if len(args.methods) == 1 else os.path.join(args.save_dir, method)
         row = run_method(ctx, method, folder)
         rows.extend(row if isinstance(row, list) else [row])
-    summary = write_results(args.save_dir, rows, vars_for_json(args), logger=logger)
-    logger.close()
-    return summary
+    return write_results(args.save_dir, rows, vars_for_json(args), logger=logger)
 
 
 def vars_for_json(args: argparse.Namespace) -> dict:

@@ -24,6 +24,35 @@ import torch.nn.functional as F
 DEFAULT_DATA_ROOT = "./data/torchdata"
 
 
+class DatasetUnavailable(FileNotFoundError):
+    """A dataset that is neither under ``--data_root`` nor downloadable (one-line message)."""
+
+
+# where each torchvision set lives under --data_root
+_EXPECTED = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "svhn": "SVHN",
+             "mnist": "MNIST/raw"}
+
+
+def _unavailable(name: str, data_root: str, download: bool, error: BaseException) -> DatasetUnavailable:
+    where = os.path.join(data_root, _EXPECTED.get(name, name))
+    if not download:
+        return DatasetUnavailable(
+            f"{name}: not found under --data_root {data_root} (expected {where}) and --no_download is set: "
+            "point --data_root at a copy, or drop --no_download to download it")
+    reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    return DatasetUnavailable(
+        f"{name}: not found under --data_root {data_root} (expected {where}) and the download failed ({reason}); "
+        "with no network, point --data_root at a copy")
+
+
+def _torchvision(name: str, data_root: str, download: bool, make):
+    """Build a torchvision dataset, turning its not-found and download failures into one line."""
+    try:
+        return make()
+    except (RuntimeError, OSError) as e:  # "Dataset not found or corrupted", URLError, ...
+        raise _unavailable(name, data_root, download, e) from None
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """What a dataset is: classes, image geometry, normalisation and train augmentation.
@@ -61,15 +90,26 @@ _SPECS = {
 }
 
 
+# the seeds' other spellings (Fast-Datafree's registry says tiny_imagenet)
+DATASET_ALIASES = {"tiny_imagenet": "tinyimagenet", "tiny-imagenet": "tinyimagenet", "tiny-imagenet-200": "tinyimagenet",
+                   "CIFAR10": "cifar10", "CIFAR100": "cifar100", "MNIST": "mnist", "SVHN": "svhn"}
+
+
 def list_datasets():
     return sorted(_SPECS)
 
 
+def canonical_dataset(name: str) -> str:
+    """The registry's spelling of ``name``; raises ``KeyError`` listing the valid names."""
+    name = DATASET_ALIASES.get(name, name)
+    if name not in _SPECS:
+        raise KeyError(f"unknown dataset {name!r}. Valid names: {', '.join(list_datasets())} "
+                       f"(also spelled: {', '.join(sorted(DATASET_ALIASES))})")
+    return name
+
+
 def dataset_spec(name: str) -> DatasetSpec:
-    try:
-        return _SPECS[name]
-    except KeyError:
-        raise KeyError(f"unknown dataset {name!r}. Valid names: {', '.join(list_datasets())}") from None
+    return _SPECS[canonical_dataset(name)]
 
 
 @dataclass
@@ -117,7 +157,7 @@ def _mnist(root: str, train: bool, download: bool) -> Tuple[torch.Tensor, torch.
             return torch.from_numpy(_read_idx(img).copy()), torch.from_numpy(_read_idx(lab).astype(np.int64))
     from torchvision.datasets import MNIST
 
-    ds = MNIST(root, train=train, download=download)
+    ds = _torchvision("mnist", root, download, lambda: MNIST(root, train=train, download=download))
     return ds.data, ds.targets
 
 
@@ -190,6 +230,7 @@ def get_dataset(
     ``data_root/<name>/{train,val}``.
     """
     spec = dataset_spec(name)
+    name = spec.name
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     train = split == "train"
@@ -200,11 +241,15 @@ def get_dataset(
         if not os.path.isdir(root):
             root = os.path.join(data_root, name)
         if not os.path.isdir(root):
-            raise FileNotFoundError(f"{name}: no image folders under {data_root!r} (expected {root}/train, {root}/val)")
+            raise DatasetUnavailable(f"{name}: no image folders under --data_root {data_root} "
+                                     f"(expected {root}/train and {root}/val)")
         tf = folder_transform(spec, train)
-        if name == "tinyimagenet" and not train:
-            return _tiny_imagenet_val(root, tf)
-        return ImageFolder(os.path.join(root, "train" if train else "val"), transform=tf)
+        try:
+            if name == "tinyimagenet" and not train:
+                return _tiny_imagenet_val(root, tf)
+            return ImageFolder(os.path.join(root, "train" if train else "val"), transform=tf)
+        except FileNotFoundError as e:  # a missing split folder, or one without class folders / images
+            raise DatasetUnavailable(f"{name}: {str(e).strip().splitlines()[0][:200]}") from None
 
     key = (name, split, os.path.abspath(data_root))
     if key in _TENSOR_CACHE:  # decoded and resized once per process (read-only afterwards)
@@ -213,11 +258,12 @@ def get_dataset(
 
     if name in ("cifar10", "cifar100"):
         cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-        ds = cls(data_root, train=train, download=download)
+        ds = _torchvision(name, data_root, download, lambda: cls(data_root, train=train, download=download))
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
         labels = torch.as_tensor(ds.targets)
     elif name == "svhn":
-        ds = tvd.SVHN(os.path.join(data_root, "SVHN"), split=split, download=download)
+        ds = _torchvision(name, data_root, download,
+                          lambda: tvd.SVHN(os.path.join(data_root, "SVHN"), split=split, download=download))
         images, labels = torch.from_numpy(ds.data), torch.from_numpy(ds.labels.astype(np.int64))
     elif name == "mnist":
         images, labels = _mnist(data_root, train, download)
