@@ -198,7 +198,7 @@ def _fit(args, spec, model, device, logger, resume, load, test_loader) -> dict:
 
         logger.info(f"weights: {export_weights(model, args.export)}")
     logger.info(f"done: {args.model} on {args.dataset} test top1 last {metrics['last_top1']:.2f} "
-                f"best {metrics['best_top1']:.2f} (epoch {metrics['best_epoch'] + 1}); "
+                f"best {metrics['best_top1']:.2f} (epoch {metrics['best_epoch']}); "
                 f"{metrics['time_total']:.1f}s; checkpoints in {args.save_dir}")
     return metrics
 

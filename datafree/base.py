@@ -213,6 +213,17 @@ class Synthesizer:
     def sample(self, n: int) -> torch.Tensor:
         return self.kd_augment(self.pool.sample(n))
 
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> List[int]:
+        """The teacher's class for each [0, 1] image (the labels of the image grids)."""
+        was = self.teacher.training
+        self.teacher.eval()
+        try:
+            logits = self.teacher(self.normalize(images.to(self.device).float()))
+        finally:
+            self.teacher.train(was)
+        return logits.argmax(1).tolist()
+
     def pop_sample_time(self) -> float:
         """Synthesis work done inside ``sample`` since the last call (generative methods)."""
         return 0.0

@@ -255,6 +255,15 @@ class ImagePool:
             return torch.empty(0)
         return self._decode(self._gather(torch.arange(self._size)))
 
+    def iter_uint8(self, chunk: int = 1024) -> Iterator[torch.Tensor]:
+        """Every stored image in pool order (initial images first), as uint8 CPU chunks of at most
+        ``chunk`` (one chunk in memory at a time, whatever the tier)."""
+        for i in range(0, self._size, chunk):
+            part = self._gather(torch.arange(i, min(i + chunk, self._size)))
+            if part.dtype != torch.uint8:
+                part = part.float().clamp(0, 1).mul(255).add_(0.5).floor_().to(torch.uint8)
+            yield part.cpu()
+
     def sample(self, n: int) -> torch.Tensor:
         """The next ``n`` images of the current shuffle, as float in [0, 1] on the device."""
         if self._size == 0:
@@ -386,6 +395,29 @@ def iter_image_set(path: str, img_size: int, nc: int, chunk: int = 1024) -> Iter
             batch = []
     if batch:
         yield torch.stack(batch)
+
+
+def export_image_set(pool: "ImagePool", path: str) -> int:
+    """Write the pool's images where :func:`iter_image_set` (``--cmi_init``) and the reference's
+    ``--cmi_init`` folder reader take them back: ``path`` ending in ``.pt`` gets one uint8
+    N x C x H x W tensor; any other ``path`` becomes a folder of PNGs (``000000.png`` ...), written
+    a chunk at a time. Returns the number of images."""
+    if path.endswith(".pt"):
+        from engine.checkpoint import save_checkpoint
+
+        images = torch.cat(list(pool.iter_uint8())) if len(pool) else torch.empty(0, dtype=torch.uint8)
+        save_checkpoint(images, path)
+        return len(images)
+    from PIL import Image
+
+    os.makedirs(path, exist_ok=True)
+    n = 0
+    for part in pool.iter_uint8():
+        arr = part.permute(0, 2, 3, 1).numpy()
+        for img in arr:
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(os.path.join(path, f"{n:06d}.png"))
+            n += 1
+    return n
 
 
 def load_image_set(path: str, img_size: int, nc: int) -> torch.Tensor:

@@ -58,10 +58,12 @@ class DataFreeSource:
         images = self.synth.last_images
         if self.logger is None or images is None:
             return
-        path = os.path.join(self.image_dir, f"epoch{self.epoch:04d}.png") if self.image_dir else None
+        shown = images[:64]
+        epoch = self.epoch + 1  # 1-based, as the log counts
+        path = os.path.join(self.image_dir, f"epoch{epoch:04d}.png") if self.image_dir else None
         if path:
             os.makedirs(self.image_dir, exist_ok=True)
-        self.logger.image_grid("synthetic", images[:64], self.epoch, path, nrow=8)
+        self.logger.image_grid("synthetic", shown, epoch, path, nrow=8, labels=self.synth.predict(shown))
 
     def epoch_stats(self) -> Dict[str, float]:
         return dict(self._stats)

@@ -5,7 +5,7 @@ import json
 import logging
 import os
 import sys
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import torch
 
@@ -47,11 +47,15 @@ class RunLogger:
             for k, v in values.items():
                 self.writer.add_scalar(k, v, step)
 
-    def image_grid(self, tag: str, images: torch.Tensor, step: int, path: Optional[str] = None, nrow: int = 16) -> None:
-        """Save a grid of [0, 1] images as PNG (``path``) and to TensorBoard."""
+    def image_grid(self, tag: str, images: torch.Tensor, step: int, path: Optional[str] = None, nrow: int = 16,
+                   labels: Optional[Sequence[int]] = None) -> None:
+        """Save a grid of [0, 1] images as PNG (``path``) and to TensorBoard; ``labels`` (one per
+        image, e.g. the teacher's predicted class) are written in each tile's top-left corner."""
         import torchvision.utils as vutils
 
         grid = vutils.make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow)
+        if labels is not None:
+            grid = label_tiles(grid, labels, images.shape[-2], images.shape[-1], nrow)
         if path:
             vutils.save_image(grid, path)
         if self.writer is not None:
@@ -93,3 +97,20 @@ class RunLogger:
         for h in list(self.log.handlers):
             h.close()
             self.log.removeHandler(h)
+
+
+def label_tiles(grid: torch.Tensor, labels: Sequence[int], h: int, w: int, nrow: int, pad: int = 2) -> torch.Tensor:
+    """``grid`` (3 x H x W, make_grid's layout) with each tile's label drawn in its top-left corner,
+    white on a black box (PIL's built-in bitmap font)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for i, label in enumerate(labels):
+        x, y = pad + (i % nrow) * (w + pad), pad + (i // nrow) * (h + pad)
+        text = str(int(label))
+        box = draw.textbbox((x, y), text)
+        draw.rectangle(box, fill=(0, 0, 0))
+        draw.text((x, y), text, fill=(255, 255, 255))
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255

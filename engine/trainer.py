@@ -415,12 +415,12 @@ class Trainer:
                 stats.update(self.run_evaluation())
             synchronize(self.device)
             stats["eval_time"] = time.perf_counter() - t_eval
-            stats["epoch"] = epoch
+            stats["epoch"] = epoch + 1  # 1-based, as the log, metrics.json and TensorBoard count
             stats["epoch_time"] = time.perf_counter() - t_epoch
             self.time_total += stats["epoch_time"]
             is_best = "top1" in stats and stats["top1"] > self.best_top1
             if is_best:
-                self.best_top1, self.best_epoch = stats["top1"], epoch
+                self.best_top1, self.best_epoch = stats["top1"], epoch + 1
             self.history.append(stats)
             self._log_epoch(stats)
             ckpt = self.state_dict(epoch)
@@ -434,7 +434,7 @@ class Trainer:
         return metrics
 
     def _log_epoch(self, s: Dict[str, float]) -> None:
-        parts = [f"epoch {s['epoch'] + 1}/{self.cfg.epochs}"]
+        parts = [f"epoch {s['epoch']}/{self.cfg.epochs}"]
         if "loss" in s:
             parts.append(f"loss {s['loss']:.4f}")
         if "top1" in s:

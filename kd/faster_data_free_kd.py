@@ -38,7 +38,7 @@ from dataclasses import fields  # noqa: E402
 
 from datafree import SYNTHESIZERS, SynthesisConfig  # noqa: E402
 from datafree.api import build_trainer, student_loss  # noqa: E402
-from datafree.pool import iter_image_set  # noqa: E402
+from datafree.pool import export_image_set, iter_image_set  # noqa: E402
 from engine.checkpoint import export_weights, load_weights  # noqa: E402
 from engine.data import build_loader  # noqa: E402
 from engine.launch import (Parser, add_common_args, apply_preset, given_flags, load_config, prepare_run,  # noqa: E402
@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pool_host_gb", type=float, default=None,
                    help="then at most this much in (pinned) host memory; the rest goes to --pool_spill_dir")
     g.add_argument("--pool_spill_dir", default=None, help="folder of the pool's memory-mapped file (default <save_dir>/pool_spill)")
+    p.add_argument("--export_images", default=None, metavar="DIR|FILE.pt",
+                   help="after training, write the synthetic image pool as a folder of PNGs or one uint8 .pt "
+                        "tensor (both readable by --cmi_init here and by the reference's --cmi_init folder reader)")
     p.add_argument("--log_tag", default="", help="suffix of the default --save_dir")
     p.add_argument("--evaluate_only", action="store_true", help="evaluate the teacher (and --resume student) and exit")
     p.add_argument("--quick", action="store_true", help="offline digits demo, a few minutes on CPU")
@@ -278,6 +281,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--is_maml {args.is_maml}: 1 FOMAML, 0 Reptile or 2 second-order")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite: continue the run in --save_dir, or replace it, not both")
+    if args.export_images and not cls.uses_pool:
+        raise UsageError(f"--export_images: {args.method} draws fresh generator batches and keeps no image set")
     check_file("teacher_ckpt", args.teacher_ckpt, "checkpoint")
     check_file("cmi_init", args.cmi_init, "file or folder")
     check_file("config", args.config)
@@ -410,6 +415,9 @@ def _train(args, spec, syn, device, logger, resume, teacher, student, ckpt, test
     logger.write_json("metrics.json", metrics)
     if args.export:
         logger.info(f"student weights: {export_weights(student, args.export)}")
+    if args.export_images:
+        n = export_image_set(trainer.source.synth.pool, args.export_images)
+        logger.info(f"synthetic images: {n} written to {args.export_images}")
     logger.info(f"teacher {args.teacher}: {t_acc['top1']:.2f} | student {args.student} ({args.method}): "
                 f"last {metrics['last_top1']:.2f} best {metrics['best_top1']:.2f} | synthesis {syn_time:.1f}s, "
                 f"total {metrics['time_total']:.1f}s | {args.save_dir}")

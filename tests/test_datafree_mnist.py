@@ -25,4 +25,4 @@ def test_fast_meta_student_from_mnist_teacher(tmp_path, shared_data):
     assert saved["teacher_top1"] == t["best_top1"]
     assert 0 < saved["time_synthesis"] < saved["time_total"]
     assert saved["history"][0]["steps"] == 0 and saved["history"][1]["steps"] == 40  # warm-up, then KD
-    assert (tmp_path / "student" / "images" / "epoch0005.png").exists()
+    assert (tmp_path / "student" / "images" / "epoch0006.png").exists()

@@ -469,3 +469,39 @@ def test_seed_alone_fixes_the_run_whatever_ran_before_in_the_process(workdir):
     assert dfkd.main(TINY + ["--save_dir", "c", "--epochs", "2", "--seed", "1"]) == 0
     c = load_checkpoint(str(workdir / "c" / "last.pt"))["model"]
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_the_synthetic_set_exports_as_pngs_or_pt_and_reads_back_as_cmi_init(workdir, capsys):
+    from datafree.pool import iter_image_set
+
+    assert dfkd.main(TINY + ["--save_dir", "out", "--export_images", "syn"]) == 0
+    assert dfkd.main(TINY + ["--save_dir", "out2", "--export_images", "syn.pt"]) == 0
+    pngs = sorted(os.listdir(workdir / "syn"))
+    pt = torch.load(workdir / "syn.pt", weights_only=True)
+    assert pt.dtype == torch.uint8 and pt.shape[1:] == (1, 32, 32) and len(pngs) == len(pt) > 0
+    from_png = torch.cat(list(iter_image_set(str(workdir / "syn"), 32, 1)))
+    assert torch.equal(from_png, pt)  # the same pool (same seed), lossless both ways
+    assert dfkd.main(TINY + ["--save_dir", "out3", "--cmi_init", "syn.pt"]) == 0
+    import json
+
+    synthesized = json.loads((workdir / "out" / "metrics.json").read_text())["history"][-1]["syn_images"]
+    with_init = json.loads((workdir / "out3" / "metrics.json").read_text())["history"][-1]["syn_images"]
+    assert with_init == synthesized + len(pt)
+    fails(TINY + ["--method", "dafl", "--save_dir", "out4", "--export_images", "x"], capsys, "keeps no image set")
+
+
+def test_grids_carry_the_teachers_class_and_epochs_count_from_one(workdir):
+    import json
+
+    from engine.logger import label_tiles
+
+    grid = torch.zeros(3, 2 + 2 * 34, 2 + 34)  # two black 32x32 tiles, make_grid's padding 2
+    out = label_tiles(grid, [7, 3], 32, 32, nrow=1)
+    assert out[:, 2:14, 2:10].max() > 0.5 and out[:, 36:48, 2:10].max() > 0.5  # a light digit in each corner
+    assert out[:, 20:34, 20:34].max() == 0.0  # the rest of the tile untouched
+    assert dfkd.main(TINY + ["--save_dir", "out"]) == 0
+    metrics = json.loads((workdir / "out" / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2] and metrics["last_epoch"] == 2
+    assert sorted(os.listdir(workdir / "out" / "images")) == ["epoch0001.png", "epoch0002.png"]
+    log = (workdir / "out" / "log.txt").read_text()
+    assert "epoch 1/2" in log and "epoch 2/2" in log

@@ -48,7 +48,7 @@ def test_imagenet_setting_end_to_end(tmp_path):
     assert float(synth.meta_optimizer.state[g0]["step"]) == 1  # rebuilt at round 4: one step since
     trainer.fit()  # rounds 5 and 6: no re-sample
     assert rebuilt == [4]
-    assert (tmp_path / "run" / "images" / "epoch0002.png").exists()
+    assert (tmp_path / "run" / "images" / "epoch0003.png").exists()
     assert trainer.history[-1]["steps"] == 2
 
 

@@ -80,5 +80,5 @@ def test_resume_skips_a_finished_run_and_continues_a_longer_one(tmp_path):
     kdtrain.run(kd_cli(out, "--path_t", ckpt, "--distill", "kd"))
     summary = kdtrain.run(kd_cli(out, "--path_t", ckpt, "--distill", "kd", "--resume", "--epochs", "2"))
     hist = json.loads((out / "metrics.json").read_text())["history"]
-    assert [h["epoch"] for h in hist] == [0, 1]
+    assert [h["epoch"] for h in hist] == [1, 2]
     assert summary["rows"][0]["epochs"] == 2

@@ -302,7 +302,7 @@ def test_two_stage_run_logs_the_init_stage_and_resume_does_not_retrain_it(tmp_pa
 
     summary = kdtrain.run(argv + ["--resume", "--epochs", "2"])
     assert os.stat(init_last).st_mtime_ns == stamp and len(_history(out / "init")) == 1  # not retrained
-    assert [h["epoch"] for h in _history(out)] == [0, 1] and summary["rows"][0]["epochs"] == 2
+    assert [h["epoch"] for h in _history(out)] == [1, 2] and summary["rows"][0]["epochs"] == 2
     if frozen is not None:  # trained in the init stage, frozen in the main stage, saved with it
         main_ckpt = torch.load(main_last, weights_only=True)
         for k, v in init_ckpt["modules"][frozen].items():
