@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pool_host_gb", type=float, default=None,
                    help="then at most this much in (pinned) host memory; the rest goes to --pool_spill_dir")
     g.add_argument("--pool_spill_dir", default=None, help="folder of the pool's memory-mapped file (default <save_dir>/pool_spill)")
+    d = p.add_argument_group("a dataset outside the registry (or other statistics for a registered one)")
+    d.add_argument("--num_classes", type=int, default=None, help="classes of the teacher's head")
+    d.add_argument("--img_size", type=int, default=None, help="side of the (square) images the teacher takes")
+    d.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean the teacher was trained with")
+    d.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std (as many values as --mean)")
+    d.add_argument("--no_eval", action="store_true",
+                   help="no test set: train without evaluating (last.pt, --export and the grids are the outputs)")
     p.add_argument("--export_images", default=None, metavar="DIR|FILE.pt",
                    help="after training, write the synthetic image pool as a folder of PNGs or one uint8 .pt "
                         "tensor (both readable by --cmi_init here and by the reference's --cmi_init folder reader)")
@@ -203,7 +210,18 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     args.config_flags = sorted(config)
     args.recipe = recipe
     _map_reference_flags(args, given)
-    args.dataset = canonical_dataset(args.dataset)
+    custom = (args.num_classes, args.img_size, args.mean, args.std)
+    if all(v is not None for v in custom):  # a dataset outside the registry: its name is only a label
+        try:
+            args.dataset = canonical_dataset(args.dataset)
+        except KeyError:
+            pass
+    else:
+        try:
+            args.dataset = canonical_dataset(args.dataset)
+        except KeyError as e:
+            missing = [f for f, v in zip(("--num_classes", "--img_size", "--mean", "--std"), custom) if v is None]
+            raise UsageError(f"{e.args[0]}; a dataset outside the registry also needs {' '.join(missing)}") from None
     if args.nz is None:
         args.nz = SYNTHESIZERS[args.method].default_nz
     if args.synthesis_batch_size is None:
@@ -254,6 +272,32 @@ def teacher_path(args: argparse.Namespace) -> str:
     return ours if os.path.exists(ours) or not os.path.exists(theirs) else theirs
 
 
+def dataset_for(args: argparse.Namespace):
+    """The dataset spec: the registry's, with --num_classes / --img_size / --mean / --std on top;
+    a name outside the registry needs all four (and --no_eval, having no test set here)."""
+    from registry.datasets import DatasetSpec, list_datasets
+
+    if args.mean is not None and args.std is not None and len(args.mean) != len(args.std):
+        raise UsageError(f"--mean has {len(args.mean)} values and --std {len(args.std)}: give one per channel")
+    require_positive(num_classes=args.num_classes, img_size=args.img_size)
+    if args.std is not None and any(v <= 0 for v in args.std):
+        raise UsageError(f"--std {' '.join(map(str, args.std))}: every value must be positive")
+    if args.dataset in list_datasets():
+        spec = dataset_spec(args.dataset)
+        changes = {k: v for k, v in (("num_classes", args.num_classes), ("image_size", args.img_size),
+                                     ("mean", tuple(args.mean) if args.mean else None),
+                                     ("std", tuple(args.std) if args.std else None)) if v is not None}
+        if args.mean is not None:
+            changes["in_chans"] = len(args.mean)
+        return dataclasses.replace(spec, **changes)
+    if not args.no_eval:
+        raise UsageError(f"--dataset {args.dataset} is not in the registry, so there is no test set to report on: "
+                         f"pass --no_eval (registered: {', '.join(list_datasets())})")
+    size = args.img_size
+    return DatasetSpec(args.dataset, args.num_classes, len(args.mean), size, tuple(args.mean), tuple(args.std),
+                       "rrc_flip" if size >= 128 else "crop_flip", pad=4 if size <= 64 else 0, kind="custom")
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Every check that needs no model or data: names, numbers, the schedule, the weights."""
     for flag in ("teacher", "student"):
@@ -281,6 +325,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--is_maml {args.is_maml}: 1 FOMAML, 0 Reptile or 2 second-order")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite: continue the run in --save_dir, or replace it, not both")
+    if args.evaluate_only and args.no_eval:
+        raise UsageError("--evaluate_only and --no_eval: there is nothing to evaluate on")
     if args.export_images and not cls.uses_pool:
         raise UsageError(f"--export_images: {args.method} draws fresh generator batches and keeps no image set")
     check_file("teacher_ckpt", args.teacher_ckpt, "checkpoint")
@@ -306,9 +352,10 @@ def preflight(args: argparse.Namespace, argv: Optional[list]):
     trained), the teacher's path, the resume checkpoint and the test loader."""
     from engine.checkpoint import find_resume_path
 
-    spec = dataset_spec(args.dataset)
+    spec = dataset_for(args)
     check_args(args)
-    args.normalization = model_normalization(args.teacher, spec.name)
+    # the teacher family's statistics (akamaster, chenyaofo), unless --mean/--std say otherwise
+    args.normalization = model_normalization(args.teacher, spec.name) if args.mean is None else None
     if args.normalization:  # the teacher's checkpoints expect other statistics than the dataset's
         spec = dataclasses.replace(spec, mean=args.normalization[0], std=args.normalization[1])
     syn = synthesis_config(args, spec)
@@ -331,8 +378,12 @@ def preflight(args: argparse.Namespace, argv: Optional[list]):
         load_weights(teacher, ckpt)
         probe_models({"teacher": teacher}, spec.num_classes, spec.in_chans, spec.image_size)
     # the data: the test split is read (or found missing) now, before the run folder exists
-    test_loader = build_loader(args.dataset, "test", 256, device, args.data_root, workers=args.workers,
-                               download=not args.no_download, normalization=args.normalization)
+    test_loader = None if args.no_eval else build_loader(
+        args.dataset, "test", 256, device, args.data_root, workers=args.workers, download=not args.no_download,
+        normalization=args.normalization or (spec.mean, spec.std))
+    if test_loader is not None and args.num_classes is not None and int(test_loader.labels_cpu.max()) >= spec.num_classes:
+        raise UsageError(f"--num_classes {spec.num_classes}: the {args.dataset} test set has labels up to "
+                         f"{int(test_loader.labels_cpu.max())}")
     return spec, syn, device, teacher, student, ckpt, resume, test_loader
 
 
@@ -384,8 +435,12 @@ def run(argv: Optional[list] = None) -> dict:
 
 
 def _train(args, spec, syn, device, logger, resume, teacher, student, ckpt, test_loader) -> dict:
-    t_acc = evaluate(teacher.to(device), test_loader, device)
-    logger.info(f"teacher {args.teacher} ({ckpt}): test top1 {t_acc['top1']:.2f}")
+    if test_loader is not None:
+        t_acc = evaluate(teacher.to(device), test_loader, device)
+        logger.info(f"teacher {args.teacher} ({ckpt}): test top1 {t_acc['top1']:.2f}")
+    else:
+        t_acc = {"top1": None}
+        logger.info(f"teacher {args.teacher} ({ckpt}): --no_eval, no test set")
     if args.recipe:
         logger.info(f"defaults: {args.recipe}" + (f", then --config {args.config}" if args.config else ""))
     if args.normalization:
@@ -418,8 +473,9 @@ def _train(args, spec, syn, device, logger, resume, teacher, student, ckpt, test
     if args.export_images:
         n = export_image_set(trainer.source.synth.pool, args.export_images)
         logger.info(f"synthetic images: {n} written to {args.export_images}")
-    logger.info(f"teacher {args.teacher}: {t_acc['top1']:.2f} | student {args.student} ({args.method}): "
-                f"last {metrics['last_top1']:.2f} best {metrics['best_top1']:.2f} | synthesis {syn_time:.1f}s, "
+    pct = lambda v: "-" if v is None or v < 0 else f"{v:.2f}"  # noqa: E731  (--no_eval: no accuracy)
+    logger.info(f"teacher {args.teacher}: {pct(t_acc['top1'])} | student {args.student} ({args.method}): "
+                f"last {pct(metrics['last_top1'])} best {pct(metrics['best_top1'])} | synthesis {syn_time:.1f}s, "
                 f"total {metrics['time_total']:.1f}s | {args.save_dir}")
     return metrics
 

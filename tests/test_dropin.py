@@ -505,3 +505,27 @@ def test_grids_carry_the_teachers_class_and_epochs_count_from_one(workdir):
     assert sorted(os.listdir(workdir / "out" / "images")) == ["epoch0001.png", "epoch0002.png"]
     log = (workdir / "out" / "log.txt").read_text()
     assert "epoch 1/2" in log and "epoch 2/2" in log
+
+
+def test_a_teacher_with_no_dataset_at_all(workdir, capsys):
+    """A custom dataset by its shape and statistics, and --no_eval: data-free KD with no data."""
+    (workdir / "net.py").write_text(
+        "import torch.nn as nn\n"
+        "def net(num_classes, in_chans):\n"
+        "    return nn.Sequential(nn.Conv2d(in_chans, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),\n"
+        "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))\n")
+    torch.manual_seed(0)
+    torch.save(get_model("net.py:net", num_classes=5, in_chans=3).state_dict(), workdir / "mine.pt")
+    custom = ["--dataset", "my_parts", "--num_classes", "5", "--img_size", "24", "--mean", "0.4", "0.4", "0.4",
+              "--std", "0.2", "0.2", "0.2", "--teacher", "net.py:net", "--student", "net.py:net",
+              "--teacher_ckpt", "mine.pt", "--epochs", "2", "--warmup", "1", "--ep_steps", "2", "--kd_steps", "1",
+              "--batch_size", "8", "--g_steps", "1", "--ngf", "8", "--no_progress", "--save_dir", "out"]
+    fails(custom, capsys, "pass --no_eval")
+    two_std = custom[:10] + ["--std", "0.2", "0.2"] + custom[14:] + ["--no_eval"]
+    fails(two_std, capsys, "--mean has 3 values and --std 2")
+    fails(custom[:10] + custom[14:] + ["--no_eval"], capsys, "a dataset outside the registry also needs --std")
+    assert not os.path.exists(workdir / "out")
+    assert dfkd.main(custom + ["--no_eval", "--export", "s.pt"]) == 0
+    assert os.path.exists(workdir / "out" / "last.pt") and os.path.exists(workdir / "s.pt")
+    log = (workdir / "out" / "log.txt").read_text()
+    assert "--no_eval, no test set" in log and "last - best -" in log
