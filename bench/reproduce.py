@@ -135,40 +135,46 @@ CIFAR_PAIRS = (
     Pair("wrn40_2", "wrn40_1", adv=1.1, oh=0.4),
     Pair("wrn40_2", "wrn16_2", adv=1.1, oh=0.4),
 )
-# Fast-k: scripts/fast_cifar.sh (STEPS gives g_steps, lr_g, lr_z; the rest is its command line:
-# batch 256, lr 0.2, kd_steps = ep_steps = 400, bn 10, T 20, bn_mmt 0.9, warmup 20 of 220 epochs,
-# is_maml 1, reset_l0 1, reset_bn 0; act and balance 0 = the defaults).
-_FAST = ("--bn", "10", "--bn_mmt", "0.9", "--is_maml", "1", "--reset_l0", "1", "--reset_bn", "0")
+# Fast-k and the baselines: the recipe files (recipes/*_cifar*.yaml, which scripts/fast_cifar.sh and
+# scripts/baselines_cifar.sh pass as --config); each file names the published command line it holds.
+# The protocol sets epochs, warm-up and batch itself; the pair gives fast_meta's adv and oh.
+_PROTOCOL_KEYS = {"method", "batch_size", "lr", "epochs", "warmup", "kd_steps", "ep_steps", "T", "g_steps"}
 
 
-def _fast(g: int, lr_g: str, lr_z: str) -> Method:
-    return Method(f"Fast-{g}", "fast_meta", g_steps=g, kd_steps=400, ep_steps=400, lr=0.2, warmup=True,
-                  flags=("--lr_g", lr_g, "--lr_z", lr_z) + _FAST, per_pair=("adv", "oh"))
+def read_recipe(name: str) -> dict:
+    import yaml
+
+    from engine.recipes import recipe_path
+
+    with open(recipe_path(name)) as f:
+        return yaml.safe_load(f)
 
 
-# Baselines: scripts/baselines_cifar.sh, one `case` each (lr 0.1, 200 epochs = no warm-up; act and
-# balance 0 unless set). deepinv_fast / cmi_fast are the script's cheap variants, not in Table 1,
-# so only run when named in --methods.
+def from_recipe(label: str, name: str, per_pair: Tuple[str, ...] = (), default: bool = True) -> Method:
+    """A table row run with the settings of ``recipes/<name>.yaml``."""
+    r = read_recipe(name)
+    flags = tuple(x for k, v in r.items() if k not in _PROTOCOL_KEYS and k not in per_pair
+                  for x in (f"--{k}", str(v)))
+    return Method(label, r["method"], g_steps=r["g_steps"], kd_steps=r["kd_steps"], ep_steps=r["ep_steps"],
+                  lr=r["lr"], T=r.get("T"), warmup=r.get("warmup", 0) > 0, flags=flags, per_pair=per_pair,
+                  default=default)
+
+
+# deepinv_fast / cmi_fast are the scripts' cheap variants, not in Table 1, so only run when named
+# in --methods.
 CIFAR_METHODS: Dict[str, Method] = {
     **_references(0.1),  # lr 0.1: the baselines' student lr (the paper's KD/student rows are not Fast's)
-    "deepinv": Method("DeepInv-1k", "deepinv", g_steps=1000, kd_steps=400, ep_steps=400,
-                      flags=("--lr_g", "0.1", "--adv", "1", "--bn", "10", "--oh", "1")),
-    "cmi": Method("CMI-200", "cmi", g_steps=200, kd_steps=400, ep_steps=400,
-                  flags=("--lr_g", "1e-3", "--adv", "0.5", "--bn", "1", "--oh", "1", "--cr", "0.8", "--cr_T", "0.2")),
-    "dafl": Method("DAFL", "dafl", g_steps=1, kd_steps=5, ep_steps=400, T=None,
-                   flags=("--lr_g", "1e-3", "--oh", "1", "--act", "0.001", "--balance", "20")),
-    "zskt": Method("ZSKT", "zskt", g_steps=1, kd_steps=5, ep_steps=400, T=None, flags=("--lr_g", "1e-3", "--adv", "1")),
-    "dfad": Method("DFAD", "dfad", g_steps=1, kd_steps=5, ep_steps=400, T=None, flags=("--lr_g", "1e-3", "--adv", "1")),
-    "dfq": Method("DFQ", "dfq", g_steps=1, kd_steps=10, ep_steps=400, T=None,
-                  flags=("--lr_g", "1e-3", "--adv", "1", "--bn", "1", "--oh", "1", "--balance", "20")),
-    "deepinv_fast": Method("DeepInv-10 (lr_g 1)", "deepinv", g_steps=10, kd_steps=200, ep_steps=200, default=False,
-                           flags=("--lr_g", "1", "--adv", "1", "--bn", "10", "--oh", "1")),
-    "cmi_fast": Method("CMI-5 (no contrast)", "cmi", g_steps=5, kd_steps=400, ep_steps=400, default=False,
-                       flags=("--lr_g", "1e-3", "--adv", "0.5", "--bn", "1", "--oh", "1", "--cr", "0",
-                              "--cr_T", "0.2")),
-    "fast2": _fast(2, "5e-3", "0.015"),
-    "fast5": _fast(5, "3e-3", "0.01"),
-    "fast10": _fast(10, "2e-3", "0.01"),
+    "deepinv": from_recipe("DeepInv-1k", "deepinv_cifar"),
+    "cmi": from_recipe("CMI-200", "cmi_cifar"),
+    "dafl": from_recipe("DAFL", "dafl_cifar"),
+    "zskt": from_recipe("ZSKT", "zskt_cifar"),
+    "dfad": from_recipe("DFAD", "dfad_cifar"),
+    "dfq": from_recipe("DFQ", "dfq_cifar"),
+    "deepinv_fast": from_recipe("DeepInv-10 (lr_g 1)", "deepinv_fast_cifar", default=False),
+    "cmi_fast": from_recipe("CMI-5 (no contrast)", "cmi_fast_cifar", default=False),
+    "fast2": from_recipe("Fast-2", "fast_meta_cifar_g2", per_pair=("adv", "oh")),
+    "fast5": from_recipe("Fast-5", "fast_meta_cifar", per_pair=("adv", "oh")),
+    "fast10": from_recipe("Fast-10", "fast_meta_cifar_g10", per_pair=("adv", "oh")),
 }
 # A teacher missing from disk: cifar100.py's default (CRD / RepDistiller) recipe, whose epochs and
 # lr milestones --budget scales; lr stays cifar100.py's (0.05, 0.01 for MobileNetV2/ShuffleNet).

@@ -17,7 +17,7 @@ ckpt() {  # teacher checkpoint path
   if [ -n "${TEACHER_DIR:-}" ]; then echo "$TEACHER_DIR/${DATASET}_$1.pth"; else echo "run/teachers/${DATASET}_$1/best.pt"; fi
 }
 
-# teacher student adv oh tag
+# teacher student adv oh tag: the pairs of the published sweep (adv and oh are per pair)
 PAIRS=(
   "resnet34 resnet18 1.33 0.5 r34"
   "vgg11 resnet18 1.0 0.5 vgg"
@@ -25,18 +25,15 @@ PAIRS=(
   "wrn40_2 wrn40_1 1.1 0.4 wrnS401"
   "wrn40_2 wrn16_2 1.1 0.4 wrnS162"
 )
-# g_steps lr_g lr_z
-STEPS=("2 5e-3 0.015" "5 3e-3 0.01" "10 2e-3 0.01")
+# g_steps and its recipe (lr_g, lr_z and every other setting are in the file)
+STEPS=("2 recipes/fast_meta_cifar_g2.yaml" "5 recipes/fast_meta_cifar.yaml" "10 recipes/fast_meta_cifar_g10.yaml")
 
 for pair in "${PAIRS[@]}"; do
   read -r teacher student adv oh tag <<<"$pair"
   for s in "${STEPS[@]}"; do
-    read -r g lr_g lr_z <<<"$s"
-    python kd/faster_data_free_kd.py --method fast_meta --dataset "$DATASET" --data_root "$DATA_ROOT" \
-      --teacher "$teacher" --student "$student" --teacher_ckpt "$(ckpt "$teacher")" \
-      --batch_size 256 --lr 0.2 --kd_steps 400 --ep_steps 400 --adv "$adv" --bn 10.0 --oh "$oh" \
-      --act 0 --balance 0 --T 20 --seed 0 --bn_mmt 0.9 --warmup "$WARMUP" --epochs "$EPOCHS" \
-      --g_steps "$g" --lr_z "$lr_z" --lr_g "$lr_g" --is_maml 1 --reset_l0 1 --reset_bn 0 \
-      --save_dir "run/fast_${DATASET}/${tag}-${g}" $EXTRA
+    read -r g recipe <<<"$s"
+    python kd/faster_data_free_kd.py --config "$recipe" --dataset "$DATASET" --data_root "$DATA_ROOT" \
+      --teacher "$teacher" --student "$student" --teacher_ckpt "$(ckpt "$teacher")" --adv "$adv" --oh "$oh" \
+      --seed 0 --warmup "$WARMUP" --epochs "$EPOCHS" --save_dir "run/fast_${DATASET}/${tag}-${g}" $EXTRA
   done
 done

@@ -144,36 +144,43 @@ def protocol_argv(key, pair, budget=1.0):
     return flags_of(reproduce.datafree_argv(p, key, pair, b, "cifar100", "T.pt", 0, "S", ns))
 
 
-def test_cifar_settings_match_the_shell_scripts():
-    """The protocol's table holds exactly what scripts/fast_cifar.sh and baselines_cifar.sh run."""
+def test_cifar_protocol_and_scripts_read_the_recipe_files():
+    """One copy of each published setting: recipes/*.yaml. The protocol's runs carry each recipe's
+    values, and the shell scripts pass the same files with --config."""
+    import yaml
+
+    from engine.recipes import recipe_path
+    from kd import faster_data_free_kd as dfkd
+
     fast = open(os.path.join(ROOT, "scripts", "fast_cifar.sh")).read()
     pairs = re.findall(r'^\s+"(\S+) (\S+) ([\d.]+) ([\d.]+) \S+"$', fast, re.M)
     assert [(q.teacher, q.student, q.adv, q.oh) for q in reproduce.CIFAR_PAIRS] == \
         [(t, s, float(a), float(o)) for t, s, a, o in pairs]
-    steps = re.findall(r'"(\d+) ([\d.e-]+) ([\d.e-]+)"', fast)
-    cmd = flags_of(fast[fast.index("python kd/faster_data_free_kd.py"):].replace("\\\n", " ").split("\n")[0].split())
-    assert re.search(r"EPOCHS=\$\{EPOCHS:-220\}", fast) and re.search(r"WARMUP=\$\{WARMUP:-20\}", fast)
-    for g, lr_g, lr_z in steps:
-        for pair in reproduce.CIFAR_PAIRS:
-            ours = protocol_argv(f"fast{g}", pair)
-            want = {**cmd, "--g_steps": g, "--lr_g": lr_g, "--lr_z": lr_z, "--adv": str(pair.adv),
-                    "--oh": str(pair.oh), "--epochs": "220", "--warmup": "20"}
-            want.pop("--seed"), want.pop("--save_dir")
-            for k, v in want.items():
-                assert same_value(ours.get(k, "0"), v), (g, pair, k, ours.get(k), v)
+    steps = dict(re.findall(r'"(\d+) (recipes/\S+\.yaml)"', fast))
+    assert set(steps) == {"2", "5", "10"}
     base = open(os.path.join(ROOT, "scripts", "baselines_cifar.sh")).read()
-    cases = dict(re.findall(r"^\s+(\w+)\)\s+args=\((.*)\) ;;$", base, re.M))
-    assert set(cases) == {k for k, m in reproduce.CIFAR_METHODS.items()
-                          if m.engine not in reproduce.REFERENCES and not k.startswith("fast")}
-    pair = reproduce.CIFAR_PAIRS[2]
-    for key, line in cases.items():
-        ours = protocol_argv(key, pair)
-        assert ours["--epochs"] == "200" and ours["--warmup"] == "0" and ours["--batch_size"] == "256"
-        for k, v in flags_of(line.split()).items():
-            assert same_value(ours.get(k), v), (key, k, ours.get(k), v)
-        g = int(flags_of(line.split())["--g_steps"])
-        label = reproduce.CIFAR_METHODS[key].label
-        assert g == 1 or re.search(rf"-{g // 1000}k\b|-{g}\b", label), (key, label)
+    assert 'recipe="recipes/${m}_cifar.yaml"' in base
+    baselines = re.search(r'METHODS=\$\{METHODS:-"([^"]+)"\}', base).group(1).split()
+    rows = {f"fast{g}": path for g, path in steps.items()}
+    rows.update({m: f"recipes/{m}_cifar.yaml" for m in baselines})
+    assert set(rows) == {k for k, m in reproduce.CIFAR_METHODS.items() if m.engine not in reproduce.REFERENCES}
+    for key, path in rows.items():
+        recipe = yaml.safe_load(open(recipe_path(os.path.join(ROOT, path))))
+        for pair in reproduce.CIFAR_PAIRS:
+            ours = protocol_argv(key, pair)
+            want = {**recipe, **({"adv": pair.adv, "oh": pair.oh} if key.startswith("fast") else {})}
+            for k, v in want.items():
+                if k == "method":
+                    assert ours["--method"] == v
+                else:
+                    assert same_value(ours[f"--{k}"], str(v)), (key, k, ours.get(f"--{k}"), v)
+        # the script's command line, variables filled in, parses to the recipe's values
+        line = (["--config", os.path.join(ROOT, path), "--teacher", "wrn40_2", "--student", "wrn16_1",
+                 "--seed", "0", "--epochs", str(recipe["epochs"])]
+                + (["--adv", "1.1", "--oh", "0.4", "--warmup", "20"] if key.startswith("fast") else []))
+        args = dfkd.parse_args(line)
+        for k, v in recipe.items():
+            assert same_value(str(getattr(args, k)), str(v)), (key, k, getattr(args, k), v)
 
 
 def test_budget_scales_epochs_teacher_and_g_steps():
