@@ -130,6 +130,7 @@ def build_trainer(teacher: nn.Module, student: nn.Module, method: str, syn: Synt
     logger = logger or RunLogger(train.save_dir)
     source = DataFreeSource(synth, batch_size, kd_steps, ep_steps, syn.warmup, logger,
                             image_dir=os.path.join(train.save_dir, "images"))
+    synth.progress = source.progress = train.progress
     train.sched_start_epoch = syn.warmup  # the schedule runs over the post-warm-up epochs
     if (syn.reset_l0 or syn.reset_bn) and synth.reset_epoch > train.epochs:
         logger.info(f"warning: --reset_l0/--reset_bn act at epoch {synth.reset_epoch} (--reset_epoch, default "

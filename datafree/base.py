@@ -213,6 +213,19 @@ class Synthesizer:
     def sample(self, n: int) -> torch.Tensor:
         return self.kd_augment(self.pool.sample(n))
 
+    progress = False  # a bar over the inner steps of long rounds (set from the trainer's progress flag)
+    PROGRESS_MIN_STEPS = 50  # shorter rounds finish too fast for a bar to say anything
+
+    def inner_steps(self, steps: Iterable, total: Optional[int] = None) -> Iterable:
+        """``steps``, behind a tqdm bar when progress is on and the round is long (DeepInversion's
+        1,000 steps, CMI's 200); the bar reads nothing back from the device."""
+        total = len(steps) if total is None else total
+        if not self.progress or total < self.PROGRESS_MIN_STEPS:
+            return steps
+        from tqdm import tqdm
+
+        return tqdm(steps, total=total, desc="synthesis round", unit="step", leave=False, dynamic_ncols=True)
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> List[int]:
         """The teacher's class for each [0, 1] image (the labels of the image grids)."""

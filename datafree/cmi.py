@@ -137,7 +137,7 @@ class CMISynthesizer(Synthesizer):
             targets = sample_targets(cfg.batch_size, cfg.num_classes, cfg.balanced_targets, self.device).sort()[0]
             opt = self.adam([{"params": self.generator.parameters()}, {"params": [z]}], cfg.lr_g, (0.5, 0.999))
             best, losses = BestBatch(cfg.keep), {}
-            for _ in range(cfg.g_steps):
+            for _ in self.inner_steps(range(cfg.g_steps)):
                 with self.autocast():
                     x = self.generator(z)
                     losses = self.inversion_losses(self.global_view(x), targets, epoch)

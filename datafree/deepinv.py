@@ -73,7 +73,8 @@ class DeepInversionSynthesizer(Synthesizer):
             opt = self.adam([x], cfg.lr_g, (0.5, 0.99))
             best, losses = BestBatch(cfg.keep), {}
             best.update(torch.tensor(float("inf"), device=self.device), x)
-            for dy, dx, flip in jitter_offsets(cfg.g_steps, x.shape[-2:], flip=cfg.flip):
+            for dy, dx, flip in self.inner_steps(jitter_offsets(cfg.g_steps, x.shape[-2:], flip=cfg.flip),
+                                                   cfg.g_steps):
                 x_aug = jitter_flip(x, dy, dx, flip)
                 with self.autocast():
                     t_out = self.teacher(x_aug)

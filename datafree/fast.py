@@ -42,7 +42,7 @@ class FastSynthesizer(Synthesizer):
         cfg = self.cfg
         opt = self.adam([{"params": generator.parameters()}, {"params": [z], "lr": cfg.lr_z}], cfg.lr_g, (0.5, 0.999))
         best, losses = BestBatch(cfg.keep), {}
-        for k in range(cfg.g_steps):
+        for k in self.inner_steps(range(cfg.g_steps)):
             with self.autocast():
                 x = generator(z)
                 losses = self.inversion_losses(self.augment(x), targets, epoch)

@@ -191,7 +191,7 @@ class FastMetaSynthesizer(FastSynthesizer):
         if start == 0:
             state = list(theta0)
         best, losses = BestBatch(cfg.keep), {}
-        for k in range(cfg.g_steps + 1):
+        for k in self.inner_steps(range(cfg.g_steps + 1)):
             if k == start and start > 0:  # enter the window: identity Jacobian for the steps before
                 state = [p0 + (s - p0).detach() for p0, s in zip(theta0, state)]
                 m, v = [t.detach() for t in m], [t.detach() for t in v]

@@ -68,7 +68,7 @@ class GenerativeSynthesizer(Synthesizer):
         cfg = self.cfg
         with self.synthesis() as timer:
             self.generator.train()
-            for _ in range(max(cfg.g_steps, 1)):
+            for _ in self.inner_steps(range(max(cfg.g_steps, 1))):
                 z = torch.randn(cfg.batch_size, cfg.nz, device=self.device)
                 with self.autocast():
                     x = self.generator(z)

@@ -11,7 +11,7 @@ reference counts it).
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterable, Iterator, Optional
 
 import torch
 
@@ -27,6 +27,7 @@ class DataFreeSource:
         synthesizer.rounds_per_epoch = self.rounds
         self.logger, self.image_dir = logger, image_dir
         self.epoch = 0
+        self.progress = False  # a bar over the synthesis rounds of warm-up epochs
         self._stats: Dict[str, float] = {}
         self.syn_time_total = 0.0
 
@@ -38,7 +39,13 @@ class DataFreeSource:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         sums: Dict[str, float] = {}
-        for r in range(self.rounds):
+        rounds: Iterable[int] = range(self.rounds)
+        if self.progress and self.epoch < self.warmup:  # warm-up epochs have no KD steps for the trainer's bar
+            from tqdm import tqdm
+
+            rounds = tqdm(rounds, desc=f"warm-up epoch {self.epoch + 1}/{self.warmup}", unit="round", leave=False,
+                          dynamic_ncols=True)
+        for r in rounds:
             self.synth.round_in_epoch = r
             stats = self.synth.synthesize(self.epoch)
             for k, v in stats.items():

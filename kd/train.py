@@ -49,8 +49,8 @@ from engine.logger import RunLogger  # noqa: E402
 from engine.objective import CrossEntropyObjective  # noqa: E402
 from engine.stages import Stage, run_stages  # noqa: E402
 from engine.trainer import TrainConfig, Trainer, evaluate  # noqa: E402
-from engine.preflight import (UsageError, check_device, check_file, check_output_dir, require_nonnegative,  # noqa: E402
-                              require_positive)
+from engine.preflight import (UsageError, check_device, check_file, check_output_dir, check_resume,  # noqa: E402
+                              require_nonnegative, require_positive)
 from engine.utils import seed_everything  # noqa: E402
 from kd.distillers import DataInfo, Distiller, Weights, canonical_distiller, get_distiller_class, list_distillers  # noqa: E402
 from kd.distillers.registry import _DISTILLERS  # noqa: E402
@@ -605,6 +605,8 @@ def run(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None, recipe
                          f"without a path (and --save_dir <the run's folder>), not {args.resume!r}")
     wants_resume = bool(args.resume)
     check_output_dir(args.save_dir, wants_resume, args.overwrite)
+    if wants_resume:
+        resume_checks(args)
     if args.dry_run:
         print(f"dry run: {' '.join(args.methods)} {args.teacher} -> {args.student} on {args.dataset}, "
               f"{args.epochs} epochs, lr {args.lr}, batch {args.batch_size}, device {ctx.device}, output {args.save_dir}; "
@@ -634,6 +636,18 @@ def check_args(args: argparse.Namespace) -> None:
                          f"{' '.join(args.methods)}); each run's folder holds its best.pt and last.pt")
     check_file("teacher_ckpt", args.teacher_ckpt, "checkpoint")
     check_file("s_init", args.s_init, "checkpoint")
+
+
+def resume_checks(args: argparse.Namespace) -> None:
+    """Every stage checkpoint under --save_dir must be of this job, its methods, models and
+    dataset, and the flags the saved state fixes must not change (a longer --epochs is applied:
+    each stage's schedule is re-planned)."""
+    expected = {k: getattr(args, k) for k in ("methods", "student", "teacher", "dataset")}
+    fixed = ["lr", "batch_size", "momentum", "weight_decay", "nesterov", "kd_T", "r", "a", "b", "seed", "recipe"]
+    for root, _, files in sorted(os.walk(args.save_dir)):
+        if "last.pt" in files:
+            current = {k: v for k, v in vars(args).items() if k != "epochs"}  # stages have their own lengths
+            check_resume(os.path.join(root, "last.pt"), "kd", expected, current, fixed)
 
 
 def _run_stages(args, ctx, logger, teacher_stages, wants_resume) -> dict:

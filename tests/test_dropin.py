@@ -529,3 +529,49 @@ def test_a_teacher_with_no_dataset_at_all(workdir, capsys):
     assert os.path.exists(workdir / "out" / "last.pt") and os.path.exists(workdir / "s.pt")
     log = (workdir / "out" / "log.txt").read_text()
     assert "--no_eval, no test set" in log and "last - best -" in log
+
+
+# ------------------------------------------------------------- the other entries: KD and teachers
+def test_kd_entry_refuses_a_used_folder_and_a_resume_of_another_run(tmp_path, capsys):
+    from kd import train as kdtrain
+    from kdtools import digits_teacher_ckpt, kd_cli
+
+    ckpt = digits_teacher_ckpt(tmp_path / "save" / "models")
+    out = tmp_path / "run"
+    base = kd_cli(out, "--path_t", ckpt, "--distill", "kd", "--steps_per_epoch", "2")
+    assert kdtrain.main(base) == 0
+    fails(base, capsys, "already holds a run", entry=kdtrain.main)
+    fails(base[:-2] + ["--distill", "attention", "--resume"], capsys, "the checkpoint is of --methods ['kd']",
+          entry=kdtrain.main)
+    fails(base + ["--resume", "--lr", "0.5"], capsys, "--lr 0.5 (checkpoint: 0.05)", entry=kdtrain.main)
+    fails(base + ["--device", "cuda:9" if torch.cuda.is_available() else "cuda"], capsys, "--device",
+          entry=kdtrain.main)
+    fails(kd_cli(tmp_path / "x", "--path_t", ckpt, "--epochs", "0"), capsys, "--epochs 0", entry=kdtrain.main)
+    assert not os.path.exists(tmp_path / "x")
+
+
+def test_teacher_entry_checks_before_writing(tmp_path, capsys):
+    out = tmp_path / "t"
+    for argv, words in [(["--model", "nope"], "unknown model 'nope'"), (["--epochs", "0"], "--epochs 0"),
+                        (["--lr_decay_epochs", "1,x"], "comma-separated integers"),
+                        (["--dataset", "cifar10", "--data_root", str(tmp_path / "none"), "--no_download"],
+                         "--no_download is set")]:
+        fails(["--quick", "--save_dir", str(out)] + argv, capsys, words, entry=cifar100.main)
+    assert not out.exists()
+    assert cifar100.main(["--quick", "--epochs", "1", "--save_dir", str(out), "--no_progress"]) == 0
+    fails(["--quick", "--epochs", "1", "--save_dir", str(out)], capsys, "already holds a run", entry=cifar100.main)
+    fails(["--quick", "--epochs", "1", "--save_dir", str(out), "--resume", "--lr", "0.3"], capsys,
+          "--lr 0.3 (checkpoint: 0.05)", entry=cifar100.main)
+    assert cifar100.main(["--quick", "--epochs", "2", "--save_dir", str(out), "--resume", "--no_progress"]) == 0
+    assert "(checkpoint: 1)" in (out / "log.txt").read_text()
+
+
+def test_long_synthesis_rounds_and_warm_up_epochs_show_progress(workdir, capsys):
+    small = ["--method", "deepinv", "--g_steps", "50", "--synthesis_batch_size", "4", "--ep_steps", "1"]
+    argv = TINY + small + ["--save_dir", "out"]
+    argv.remove("--no_progress")
+    assert dfkd.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "synthesis round" in err and "warm-up epoch 1/1" in err
+    assert dfkd.main(TINY + small + ["--save_dir", "out2"]) == 0
+    assert "synthesis round" not in capsys.readouterr().err  # --no_progress
