@@ -57,6 +57,8 @@ def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="replace the run already in --save_dir (without it, such a folder is refused)")
     g.add_argument("--config", default=None, metavar="RECIPE.yaml",
                    help="flags as keys (e.g. recipes/fast_meta_cifar.yaml); the command line overrides them")
+    g.add_argument("--wandb", default=None, metavar="PROJECT",
+                   help="also log to Weights & Biases (needs wandb installed; offline without an API key)")
     g.add_argument("--export", default=None, metavar="FILE.pt",
                    help="also write the trained model's final weights alone (a plain state dict: "
                         "model.load_state_dict(torch.load(FILE)) on the registry model)")
@@ -159,10 +161,16 @@ def prepare_run(args: argparse.Namespace, name: str):
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     device = check_device(args.device)
+    if getattr(args, "wandb", None):
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:  # before the folder exists
+            raise UsageError("--wandb: wandb is not installed (pip install wandb)")
     resume = find_resume_path(args.resume, args.save_dir)
     removed = clear_run_outputs(args.save_dir) if getattr(args, "overwrite", False) and not resume else []
     os.makedirs(args.save_dir, exist_ok=True)
-    logger = RunLogger(args.save_dir, name=name)
+    config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, tuple, type(None)))}
+    logger = RunLogger(args.save_dir, name=name, wandb_project=getattr(args, "wandb", None), config=config)
     if removed:
         logger.info(f"--overwrite: removed the earlier run's {', '.join(removed)}")
     logger.info("command: " + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]))

@@ -17,7 +17,8 @@ class RunLogger:
     (``tensorboard --logdir <save_dir>``); ``write_json`` rewrites a JSON file atomically.
     """
 
-    def __init__(self, save_dir: str, name: str = "run", tensorboard: bool = True, console: bool = True):
+    def __init__(self, save_dir: str, name: str = "run", tensorboard: bool = True, console: bool = True,
+                 wandb_project: Optional[str] = None, config: Optional[Mapping] = None):
         self.save_dir = save_dir
         os.makedirs(save_dir, exist_ok=True)
         self.log = logging.getLogger(f"fastdfkd.{name}.{os.path.abspath(save_dir)}")
@@ -38,6 +39,9 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=save_dir)
+        self.wandb = None
+        if wandb_project:
+            self.wandb = start_wandb(wandb_project, save_dir, name, config)
 
     def info(self, msg: str) -> None:
         self.log.info(msg)
@@ -46,6 +50,8 @@ class RunLogger:
         if self.writer is not None:
             for k, v in values.items():
                 self.writer.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(dict(values), step=step)
 
     def image_grid(self, tag: str, images: torch.Tensor, step: int, path: Optional[str] = None, nrow: int = 16,
                    labels: Optional[Sequence[int]] = None) -> None:
@@ -92,6 +98,9 @@ class RunLogger:
         return False
 
     def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
         if self.writer is not None:
             self.writer.close()
         for h in list(self.log.handlers):
@@ -114,3 +123,19 @@ def label_tiles(grid: torch.Tensor, labels: Sequence[int], h: int, w: int, nrow:
         draw.rectangle(box, fill=(0, 0, 0))
         draw.text((x, y), text, fill=(255, 255, 255))
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+
+
+def start_wandb(project: str, save_dir: str, name: str, config: Optional[Mapping] = None):
+    """``--wandb PROJECT``: a Weights & Biases run beside TensorBoard, its files under ``save_dir``.
+    Without an API key (``WANDB_API_KEY`` or a ``wandb login``) it runs offline (``wandb sync``
+    uploads it later); ``WANDB_MODE`` set by the user wins."""
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError("--wandb: wandb is not installed (pip install wandb)") from None
+    mode = os.environ.get("WANDB_MODE")
+    if mode is None:
+        has_key = bool(os.environ.get("WANDB_API_KEY")) or os.path.exists(os.path.expanduser("~/.netrc"))
+        mode = "online" if has_key else "offline"
+    return wandb.init(project=project, dir=save_dir, name=f"{name}:{os.path.basename(os.path.abspath(save_dir))}",
+                      config=dict(config or {}), mode=mode, reinit=True)

@@ -480,7 +480,7 @@ def teacher_stage(ctx: RunContext, name: str, save_dir: str, model: nn.Module) -
     def build():
         ctx.fresh_stage()
         cfg = train_config(a, save_dir)
-        logger = RunLogger(save_dir, name=f"teacher-{name}")
+        logger = RunLogger(save_dir, name=f"teacher-{name}", wandb_project=a.wandb, config=_plain(a))
         return Trainer(CrossEntropyObjective(model), ctx.source(ctx.train_loader()), ctx.test_loader, cfg,
                        ctx.device, logger, {**_plain(a), "stage": "teacher", "model": name})
 
@@ -517,13 +517,13 @@ def distill_stages(ctx: RunContext, method: str, student: nn.Module, teacher: Op
             folder = os.path.join(save_dir, "init")
             cfg = train_config(a, folder, epochs=init.epochs, lr=init.lr, schedule="constant")
             return Trainer(init.objective, ctx.source(loader), None, cfg, ctx.device,
-                           RunLogger(folder, name=f"{method}-init"), {**_plain(a), "stage": init.name})
+                           RunLogger(folder, name=f"{method}-init", wandb_project=a.wandb, config=_plain(a)), {**_plain(a), "stage": init.name})
         stages.append(Stage(f"{label or method} {init.name}", build_init))
 
     def build_main():
         ctx.fresh_stage()
         return Trainer(d, ctx.source(loader), ctx.test_loader, train_config(a, save_dir), ctx.device,
-                       RunLogger(save_dir, name=method),
+                       RunLogger(save_dir, name=method, wandb_project=a.wandb, config=_plain(a)),
                        {**_plain(a), "method": method, "stage": "main", "weights": dataclasses.asdict(d.w),
                         "T_used": d.T})
     stages.append(Stage(label or method, build_main, after=lambda _metrics: d.remove_taps()))

@@ -575,3 +575,30 @@ def test_long_synthesis_rounds_and_warm_up_epochs_show_progress(workdir, capsys)
     assert "synthesis round" in err and "warm-up epoch 1/1" in err
     assert dfkd.main(TINY + small + ["--save_dir", "out2"]) == 0
     assert "synthesis round" not in capsys.readouterr().err  # --no_progress
+
+
+def test_wandb_logs_the_same_scalars_and_is_checked_before_writing(workdir, capsys, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        fails(TINY + ["--save_dir", "w0", "--wandb", "proj"], capsys, "wandb is not installed")
+        assert not os.path.exists(workdir / "w0")
+    calls = []
+
+    class Run:
+        def log(self, values, step):
+            calls.append(("log", step, sorted(values)))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake = types.ModuleType("wandb")
+    fake.__spec__ = importlib.util.spec_from_loader("wandb", loader=None)
+    fake.init = lambda **kw: calls.append(("init", kw["project"], kw["mode"], kw["dir"])) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(workdir))  # no ~/.netrc: offline
+    assert dfkd.main(TINY + ["--save_dir", "w1", "--wandb", "proj"]) == 0
+    assert calls[0] == ("init", "proj", "offline", "w1") and calls[-1] == ("finish",)
+    steps = [c[1] for c in calls if c[0] == "log"]
+    assert steps == [1, 2] and "test/top1" in [c for c in calls if c[0] == "log"][-1][2]
