@@ -15,6 +15,7 @@ from collections import OrderedDict
 from typing import Dict, Sequence, Tuple
 
 import pytest
+from keytables import Table, _bn, _conv, _linear
 import torch
 import torch.nn.functional as F
 
@@ -26,23 +27,7 @@ from registry.models._factory import _MODELS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-Table = Dict[str, Tuple[int, ...]]
 
-
-def _bn(t: Table, p: str, c: int) -> None:
-    for k in ("weight", "bias", "running_mean", "running_var"):
-        t[f"{p}.{k}"] = (c,)
-    t[f"{p}.num_batches_tracked"] = ()
-
-
-def _conv(t: Table, p: str, cout: int, cin: int, k: int, bias: bool = False) -> None:
-    t[f"{p}.weight"] = (cout, cin, k, k)
-    if bias:
-        t[f"{p}.bias"] = (cout,)
-
-
-def _linear(t: Table, p: str, cout: int, cin: int) -> None:
-    t[f"{p}.weight"], t[f"{p}.bias"] = (cout, cin), (cout,)
 
 
 # ---------------------------------------------------------------------------------------------

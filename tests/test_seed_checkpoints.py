@@ -20,6 +20,7 @@ from collections import OrderedDict
 from typing import Dict, List, Sequence, Tuple
 
 import pytest
+from keytables import Table, _bn, _conv, _linear
 import torch
 import torch.nn.functional as F
 
@@ -34,26 +35,10 @@ SHARED_CKPT = os.environ.get("FASTDFKD_SHARED_CKPT", os.path.join(ROOT, "..", "s
 AKAMASTER = os.path.join(SHARED_CKPT, "akamaster", "resnet20-12fca82f.th")
 FETCH = os.path.join(ROOT, "scripts", "fetch_pretrained_teachers.sh")
 
-Table = Dict[str, Tuple[int, ...]]  # parameter / buffer name -> shape, in definition order
 
 
 # ---------------------------------------------------------------------------------------------
 # Reference key tables (name -> shape), written from the reference definitions.
-
-def _bn(t: Table, prefix: str, c: int) -> None:
-    for k in ("weight", "bias", "running_mean", "running_var"):
-        t[f"{prefix}.{k}"] = (c,)
-    t[f"{prefix}.num_batches_tracked"] = ()
-
-
-def _conv(t: Table, name: str, cout: int, cin: int, k: int, bias: bool = False) -> None:
-    t[f"{name}.weight"] = (cout, cin, k, k)
-    if bias:
-        t[f"{name}.bias"] = (cout,)
-
-
-def _linear(t: Table, name: str, cout: int, cin: int) -> None:
-    t[f"{name}.weight"], t[f"{name}.bias"] = (cout, cin), (cout,)
 
 
 def bearpaw_resnet(depth: int, filters: Sequence[int], classes: int,
