@@ -141,17 +141,10 @@ CIFAR_PAIRS = (
 _PROTOCOL_KEYS = {"method", "batch_size", "lr", "epochs", "warmup", "kd_steps", "ep_steps", "T", "g_steps"}
 
 
-def read_recipe(name: str) -> dict:
-    import yaml
-
-    from engine.recipes import recipe_path
-
-    with open(recipe_path(name)) as f:
-        return yaml.safe_load(f)
-
-
 def from_recipe(label: str, name: str, per_pair: Tuple[str, ...] = (), default: bool = True) -> Method:
     """A table row run with the settings of ``recipes/<name>.yaml``."""
+    from engine.recipes import read_recipe
+
     r = read_recipe(name)
     flags = tuple(x for k, v in r.items() if k not in _PROTOCOL_KEYS and k not in per_pair
                   for x in (f"--{k}", str(v)))

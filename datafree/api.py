@@ -78,15 +78,10 @@ def recipe_config(method: str, **fields) -> SynthesisConfig:
     ``fields`` on top, e.g. ``recipe_config("fast_meta", num_classes=10, mean=M, std=S)``."""
     import dataclasses
 
-    import yaml
-
-    from engine.recipes import method_recipe
+    from engine.recipes import method_recipe, read_recipe
 
     path = method_recipe(method)
-    recipe = {}
-    if path:
-        with open(path) as f:
-            recipe = yaml.safe_load(f) or {}
+    recipe = read_recipe(path) if path else {}
     names = {f.name: f for f in dataclasses.fields(SynthesisConfig)}
     values = {}
     for key, value in recipe.items():

@@ -110,17 +110,14 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
     """Read a recipe file (YAML; keys are flag names, with or without ``--``, ``-`` or ``_``)
     into ``{dest: value}``, each value converted as its flag would be. Unknown keys list the
     valid ones."""
-    import yaml
+    from engine.recipes import read_recipe
 
     if not os.path.isfile(path):
         raise UsageError(f"--config {path}: no such file")
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise UsageError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {path}: expected flag: value lines, got a {type(data).__name__}")
+        data = read_recipe(path)
+    except ValueError as e:
+        raise UsageError(f"--config {e}") from None
     options = parser._option_string_actions
     out = {}
     for key, value in data.items():

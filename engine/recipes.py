@@ -28,6 +28,23 @@ def recipe_path(name: str) -> str:
     return path
 
 
+def read_recipe(path: str) -> dict:
+    """The ``flag: value`` mapping of a recipe file (a path, or a recipe name such as
+    ``fast_meta_cifar``). Invalid YAML or anything but a mapping is a one-line ``ValueError``
+    naming the file; an unknown name, a ``FileNotFoundError`` listing the recipes."""
+    import yaml
+
+    path = recipe_path(path)  # a file as it is; a name under recipes/ (unknown: the list of recipes)
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected flag: value lines, got a {type(data).__name__}")
+    return data
+
+
 def method_recipe(method: str) -> Optional[str]:
     """The file of ``method``'s published CIFAR recipe, or ``None`` when it has none."""
     path = os.path.join(RECIPE_DIR, f"{method}_cifar.yaml")
