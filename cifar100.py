@@ -149,19 +149,26 @@ def train(argv: Optional[list] = None) -> dict:
     """Train (or evaluate) a model; returns the metrics written to ``metrics.json``."""
     args = parse_args(argv)
     spec = dataset_spec(args.dataset)
-    check_args(args)
+    resume = check_args(args)
     model = get_model(args.model, num_classes=spec.num_classes, in_chans=spec.in_chans)
     device = check_device(args.device)
     load = dict(device=device, data_root=args.data_root, pipeline=args.pipeline, workers=args.workers,
                 download=not args.no_download, normalization=model_normalization(args.model, spec.name))
     test_loader = build_loader(args.dataset, "test", 256, **load)  # the data is found (or not) before any write
+    if args.evaluate_only:  # the weights are read (or refused) before any write too
+        from engine.checkpoint import load_weights
+
+        weights = args.ckpt or resume or os.path.join(args.save_dir, "best.pt")
+        check_file("ckpt", weights, "checkpoint")
+        load_weights(model, weights)
     if args.dry_run:
         print(f"dry run: {args.model} on {args.dataset}, {args.epochs} epochs, lr {args.lr}, batch {args.batch_size}, "
               f"device {device}, output {args.save_dir}; all checks passed, nothing written")
         return {"dry_run": True}
     device, logger, resume = prepare_run(args, "teacher")
     # built again after seeding: the initial weights follow --seed (the first build only checked the name)
-    model = get_model(args.model, num_classes=spec.num_classes, in_chans=spec.in_chans)
+    if not args.evaluate_only:
+        model = get_model(args.model, num_classes=spec.num_classes, in_chans=spec.in_chans)
     with logger:
         return _fit(args, spec, model, device, logger, resume, load, test_loader)
 
@@ -172,10 +179,8 @@ def _fit(args, spec, model, device, logger, resume, load, test_loader) -> dict:
                       opt_impl=args.opt_impl, compile=args.compile,
                       log_every=args.log_every, save_dir=args.save_dir, progress=not args.no_progress)
     if args.evaluate_only:
-        from engine.checkpoint import load_weights
         from engine.trainer import evaluate
 
-        load_weights(model, args.ckpt or resume or os.path.join(args.save_dir, "best.pt"))
         metrics = evaluate(model.to(device), test_loader, device)
         logger.info(f"{args.model} on {args.dataset} test: top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f}")
         return metrics

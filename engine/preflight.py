@@ -20,17 +20,27 @@ class UsageError(ValueError):
     """Bad input found before anything was written or trained."""
 
 
+def flag_value(v) -> str:
+    """A flag's value as the user would type it: ``0.5`` not ``0.50``, ``0`` not ``0.0``, a list
+    as its space-separated items."""
+    if isinstance(v, (list, tuple)):
+        return " ".join(flag_value(x) for x in v)
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
 def require_positive(**values) -> None:
     """Each given value (``None`` skipped) must be a finite number > 0; the keyword is the flag."""
     for flag, v in values.items():
         if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0):
-            raise UsageError(f"--{flag} {v}: must be a positive number")
+            raise UsageError(f"--{flag} {flag_value(v)}: must be a positive number")
 
 
 def require_nonnegative(**values) -> None:
     for flag, v in values.items():
         if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
-            raise UsageError(f"--{flag} {v}: must be zero or a positive number")
+            raise UsageError(f"--{flag} {flag_value(v)}: must be zero or a positive number")
 
 
 def check_device(name: Optional[str]) -> torch.device:
@@ -59,7 +69,9 @@ RUN_SUFFIXES = (".png",)
 RUN_FOLDERS = ("pool", "pool_spill", "init", "stages")
 
 
-def _run_entries(save_dir: str) -> list:
+def _run_entries(save_dir: str, depth: int = 3) -> list:
+    """The engine's own entries in ``save_dir``: its file names, and a subfolder (a stage, a
+    method of a multi-method run, a run-level mode's cell) that itself holds such entries."""
     if not os.path.isdir(save_dir):
         return []
     found = []
@@ -68,6 +80,8 @@ def _run_entries(save_dir: str) -> list:
         if (name in RUN_FILES or name.startswith(RUN_PREFIXES) or (os.path.isfile(path) and name.endswith(RUN_SUFFIXES))
                 or (name in RUN_FOLDERS and os.path.isdir(path))):
             found.append(name)
+        elif depth > 0 and os.path.isdir(path) and not os.path.islink(path) and _run_entries(path, depth - 1):
+            found.append(name + "/")
     return found
 
 
@@ -75,9 +89,15 @@ def check_output_dir(save_dir: str, resume: Optional[str], overwrite: bool) -> N
     """An existing ``--save_dir`` that holds another run is refused unless the user resumes it
     (``--resume``) or replaces it (``--overwrite``): a silent reuse would mix two runs'
     checkpoints, ``metrics.json`` and TensorBoard curves."""
-    if resume or overwrite:
+    if resume:
         return
     found = _run_entries(save_dir)
+    if overwrite:
+        if found and all(name.endswith("/") for name in found):
+            raise UsageError(f"--overwrite: {save_dir} holds runs in subfolders ({', '.join(found[:4])}"
+                             f"{', ...' if len(found) > 4 else ''}) but is not a run folder itself; --overwrite "
+                             "replaces one run, so pass that run's folder, or choose another --save_dir")
+        return
     if found:
         raise UsageError(f"--save_dir {save_dir} already holds a run ({', '.join(found[:4])}"
                          f"{', ...' if len(found) > 4 else ''}): pass --resume to continue it, --overwrite to "
@@ -85,12 +105,17 @@ def check_output_dir(save_dir: str, resume: Optional[str], overwrite: bool) -> N
 
 
 def clear_run_outputs(save_dir: str) -> list:
-    """``--overwrite``: remove what an earlier run wrote into ``save_dir`` (only the engine's own
-    file names; anything else in the folder stays). Returns the names removed."""
+    """``--overwrite``: remove what an earlier run wrote into ``save_dir`` and its run subfolders
+    (only the engine's own file names; anything else stays, and a subfolder is removed only once
+    it is empty). Returns the names removed at the top level."""
     removed = _run_entries(save_dir)
     for name in removed:
-        path = os.path.join(save_dir, name)
-        if os.path.isdir(path):
+        path = os.path.join(save_dir, name.rstrip("/"))
+        if name.endswith("/"):
+            clear_run_outputs(path)
+            if not os.listdir(path):
+                os.rmdir(path)
+        elif os.path.isdir(path):
             shutil.rmtree(path)
         else:
             os.unlink(path)
@@ -119,8 +144,8 @@ def check_resume(path: str, job: str, expected: Mapping[str, object], current: M
     for k, want in expected.items():
         got = saved.get(k)
         if got is not None and got != want:
-            raise UsageError(f"--resume {path}: the checkpoint is of --{k} {got}, this command line asks for "
-                             f"--{k} {want}")
+            raise UsageError(f"--resume {path}: the checkpoint is of --{k} {flag_value(got)}, this command line "
+                             f"asks for --{k} {flag_value(want)}")
     done = int(ckpt["epoch"]) + 1
     if isinstance(current.get("epochs"), int) and current["epochs"] < done:
         raise UsageError(f"--resume {path}: the checkpoint has trained {done} epochs already, more than --epochs "
@@ -128,7 +153,7 @@ def check_resume(path: str, job: str, expected: Mapping[str, object], current: M
     changed = [(k, saved.get(k), current.get(k)) for k in fixed
                if k in saved and k in current and saved.get(k) != current.get(k)]
     if changed:
-        diffs = ", ".join(f"--{k} {new} (checkpoint: {old})" for k, old, new in changed)
+        diffs = ", ".join(f"--{k} {flag_value(new)} (checkpoint: {flag_value(old)})" for k, old, new in changed)
         raise UsageError(f"--resume {path}: changed flags this resume cannot apply: {diffs}; "
                          "drop them, or start a new run with another --save_dir")
     return {k: (saved.get(k), current.get(k)) for k in replannable

@@ -309,7 +309,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None,
     args.epochs = args.epochs if args.epochs is not None else rc.epochs
     if args.lr is None:
         args.lr = rc.small_lr if rc.small_lr is not None and args.student in SMALL_LR_MODELS else rc.lr
-    args.batch_size = args.batch_size or rc.batch_size
+    args.batch_size = args.batch_size if args.batch_size is not None else rc.batch_size
     args.weight_decay = rc.weight_decay if args.weight_decay is None else args.weight_decay
     args.momentum = rc.momentum if args.momentum is None else args.momentum
     args.nesterov = rc.nesterov if args.nesterov is None else args.nesterov

@@ -289,29 +289,7 @@ def fails(argv, capsys, words, entry=dfkd.main):
     assert err and err[-1].startswith("error:") and words in err[-1], (argv, err)
 
 
-@pytest.mark.parametrize("extra,words", [
-    (["--teacher", "bogus"], "unknown model 'bogus'"),
-    (["--student", "bogus"], "unknown model 'bogus'"),
-    (["--method", "bogus"], "unknown data-free method 'bogus'"),
-    (["--dataset", "bogus"], "unknown dataset 'bogus'"),
-    (["--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "--device"),
-    (["--device", "gpu"], "not a device name"),
-    (["--epochs", "0"], "--epochs 0"),
-    (["--batch_size", "0"], "--batch_size 0"),
-    (["--kd_steps", "-1"], "--kd_steps -1"),
-    (["--lr", "0"], "--lr 0"),
-    (["--warmup", "12"], "--warmup 12 >= --epochs 12"),
-    (["--kd_steps", "50"], "--kd_steps 50 > --ep_steps 40"),
-    (["--adv", "0", "--bn", "0", "--oh", "0"], "every synthesis loss weight"),
-    (["--teacher_ckpt", "missing.pt"], "no such checkpoint"),
-    (["--teacher_ckpt", "t.pth", "--student", "resnet8", "--dataset", "cifar10"], "does not fit"),
-    (["--cmi_init", "nowhere"], "--cmi_init nowhere"),
-    (["--config", "nowhere.yaml"], "--config nowhere.yaml"),
-])
-def test_bad_input_is_one_line_and_creates_nothing(workdir, capsys, extra, words):
-    base = ["--quick", "--teacher_ckpt", "t.pth", "--save_dir", "out"]
-    fails(base + extra, capsys, words)
-    assert sorted(os.listdir(workdir)) == ["t.pth"]  # no run folder, no quick teacher trained
+# The table of bad inputs, each one line and nothing written, is tests/badinputs.py (test_bad_inputs.py).
 
 
 def test_a_teacher_that_does_not_match_the_dataset_is_caught_by_a_probe_forward(workdir, capsys):
@@ -541,7 +519,7 @@ def test_kd_entry_refuses_a_used_folder_and_a_resume_of_another_run(tmp_path, ca
     base = kd_cli(out, "--path_t", ckpt, "--distill", "kd", "--steps_per_epoch", "2")
     assert kdtrain.main(base) == 0
     fails(base, capsys, "already holds a run", entry=kdtrain.main)
-    fails(base[:-2] + ["--distill", "attention", "--resume"], capsys, "the checkpoint is of --methods ['kd']",
+    fails(base[:-2] + ["--distill", "attention", "--resume"], capsys, "the checkpoint is of --methods kd, this command line asks for --methods attention",
           entry=kdtrain.main)
     fails(base + ["--resume", "--lr", "0.5"], capsys, "--lr 0.5 (checkpoint: 0.05)", entry=kdtrain.main)
     fails(base + ["--device", "cuda:9" if torch.cuda.is_available() else "cuda"], capsys, "--device",
@@ -602,3 +580,33 @@ def test_wandb_logs_the_same_scalars_and_is_checked_before_writing(workdir, caps
     assert calls[0] == ("init", "proj", "offline", "w1") and calls[-1] == ("finish",)
     steps = [c[1] for c in calls if c[0] == "log"]
     assert steps == [1, 2] and "test/top1" in [c for c in calls if c[0] == "log"][-1][2]
+
+
+def test_run_subfolders_count_as_the_run_and_overwrite_clears_only_the_engines_files(tmp_path, capsys):
+    """A run-level mode writes its cells in subfolders: a folder holding only such a cell is a used
+    folder, --overwrite removes a previous grid's stale cells (engine files only, user files stay),
+    and a folder of several runs is never wiped by --overwrite."""
+    from kd import train as kdtrain
+    from kdtools import digits_teacher_ckpt, kd_cli
+
+    ckpt = digits_teacher_ckpt(tmp_path / "save" / "models", arch="lenet5", layout="plain")
+    out = tmp_path / "grid"
+    fast = ["--steps_per_epoch", "1", "--distill", "kdparam", "--teacher", "lenet5", "--t_model_path", ckpt,
+            "--kdparam_alpha", "0.5"]
+    assert kdtrain.main(kd_cli(out, *fast, "--kdparam_T", "1", "4")) == 0
+    assert {"T1_a0.5", "T4_a0.5"} <= set(os.listdir(out))
+    for name in os.listdir(out):  # keep only the cells: a folder of runs, not a run folder
+        if (out / name).is_file():
+            os.unlink(out / name)
+    (out / "notes.txt").write_text("mine")
+    (out / "T4_a0.5" / "mine.txt").write_text("mine")
+    fails(kd_cli(out, *fast, "--kdparam_T", "2"), capsys, "already holds a run (T1_a0.5/, T4_a0.5/", entry=kdtrain.main)
+    fails(kd_cli(out, *fast, "--kdparam_T", "2", "--overwrite"), capsys, "holds runs in subfolders",
+          entry=kdtrain.main)
+    assert (out / "T1_a0.5" / "last.pt").exists()
+    (out / "log.txt").write_text("an earlier run's log\n")
+    assert kdtrain.main(kd_cli(out, *fast, "--kdparam_T", "2", "--overwrite")) == 0
+    assert sorted(n for n in os.listdir(out) if not n.startswith("events.")) == sorted(
+        ["T2_a0.5", "T4_a0.5", "log.txt", "notes.txt", "results.json", "results.md"])
+    assert os.listdir(out / "T4_a0.5") == ["mine.txt"]
+    assert "an earlier run" not in (out / "log.txt").read_text()

@@ -68,13 +68,14 @@ def _external(name: str, num_classes: int, in_chans: Optional[int], **kwargs) ->
     if kind == "torchvision":
         import torchvision
 
+        classifiers = torchvision.models.list_models(module=torchvision.models)
+        if target not in classifiers:
+            close = difflib.get_close_matches(target, classifiers, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise KeyError(f"unknown torchvision model {target!r}.{hint} Valid names: {', '.join(classifiers)}")
         if in_chans not in (None, 3):
             raise ValueError(f"{name}: torchvision classifiers take 3-channel images, the dataset has {in_chans}")
-        try:
-            return torchvision.models.get_model(target, num_classes=num_classes, **kwargs)
-        except ValueError:
-            valid = ", ".join(torchvision.models.list_models(module=torchvision.models))
-            raise KeyError(f"unknown torchvision model {target!r}. Valid names: {valid}") from None
+        return torchvision.models.get_model(target, num_classes=num_classes, **kwargs)
     if kind == "timm":
         try:
             import timm
