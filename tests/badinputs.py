@@ -278,7 +278,8 @@ def main() -> int:
             line = lines[-1] if lines else ""
             script = SCRIPT[case.entry]
             given = " ".join(case.argv) or "(the base line again)"
-            prior = f" (out/ holds a {case.prior} run)" if case.prior else ""
+            where = "out/" if case.prior == case.entry else "teacher_run/"
+            prior = f" ({where} holds a {case.prior} run)" if case.prior else ""
             line = line.replace("|", "\\|")
             rows.append(f"| {i + 1} | {script} | `{given}`{prior} | {rc} | {line[:220]} |")
     print("| # | entry | bad input (added to the base line) | exit | line printed |")
