@@ -237,6 +237,18 @@ class Synthesizer:
             self.teacher.train(was)
         return logits.argmax(1).tolist()
 
+    def learned_tensors(self) -> List[torch.Tensor]:
+        """What this synthesizer learns across rounds (its generator's weights and buffers, the
+        persistent latents): the batch source checks them for divergence after every round."""
+        out: List[torch.Tensor] = []
+        generator = getattr(self, "generator", None)
+        if isinstance(generator, nn.Module):
+            out += [p.detach() for p in generator.parameters()] + list(generator.buffers())
+        z = getattr(self, "z", None)
+        if isinstance(z, torch.Tensor):
+            out.append(z.detach())
+        return out
+
     def pop_sample_time(self) -> float:
         """Synthesis work done inside ``sample`` since the last call (generative methods)."""
         return 0.0

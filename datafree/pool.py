@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.checkpoint import save_checkpoint
+
 TIERS = ("device", "host", "disk")
 
 
@@ -299,8 +301,8 @@ class ImagePool:
         if self._dirty:  # write the slots touched since the last call, as one chunk
             slots = torch.unique(torch.cat(self._dirty))
             name = f"chunk_{len(self._chunks):06d}.pt"
-            os.makedirs(self.persist_dir, exist_ok=True)
-            torch.save({"slots": slots, "images": self._gather(slots).cpu()}, os.path.join(self.persist_dir, name))
+            # atomic, as every checkpoint file: a kill mid-write leaves no half chunk under this name
+            save_checkpoint({"slots": slots, "images": self._gather(slots).cpu()}, os.path.join(self.persist_dir, name))
             self._chunks.append(name)
             self._dirty = []
         state.update(dir=os.path.abspath(self.persist_dir), chunks=list(self._chunks))

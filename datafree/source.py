@@ -10,10 +10,13 @@ reference counts it).
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Dict, Iterable, Iterator, Optional
 
 import torch
+
+from engine.trainer import SourceDiverged
 
 
 class DataFreeSource:
@@ -48,6 +51,7 @@ class DataFreeSource:
         for r in rounds:
             self.synth.round_in_epoch = r
             stats = self.synth.synthesize(self.epoch)
+            self._check_finite(stats, r)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             if self.epoch >= self.warmup:
@@ -60,6 +64,20 @@ class DataFreeSource:
         self._stats["source_time"] = sums.get("syn_time", 0.0)
         self._stats["syn_images"] = float(len(self.synth.pool)) if self.synth.uses_pool else 0.0
         self._save_grid()
+
+    def _check_finite(self, stats: Dict[str, float], r: int) -> None:
+        """A synthesis round whose loss or learned tensors (generator, latents) are no longer
+        finite stops the run (:class:`engine.trainer.SourceDiverged`) before its images reach a
+        KD step or a checkpoint: the last good checkpoint stays the one on disk."""
+        bad = [k for k, v in stats.items() if k.startswith("syn_") and isinstance(v, float) and not math.isfinite(v)]
+        if not bad:
+            tensors = [t for t in self.synth.learned_tensors() if t.is_floating_point()]
+            if not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+                return
+        what = (f"synthesis {', '.join(f'{k} {stats[k]}' for k in bad)}" if bad
+                else "the synthesizer's generator or latents are no longer finite")
+        raise SourceDiverged(f"{what} ({type(self.synth).__name__} round {r + 1} of the epoch)",
+                             "Try lower synthesis loss weights (--bn, --oh, --adv) or a lower --lr_g.")
 
     def _save_grid(self) -> None:
         images = self.synth.last_images

@@ -25,9 +25,10 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -82,23 +83,78 @@ def _umask() -> int:
     return mask
 
 
-def save_checkpoint(obj: dict, path: str) -> None:
-    """Write ``obj`` to ``path`` atomically (temporary file in the same folder + rename), with
-    the permissions the user's umask gives new files (``mkstemp`` alone would make it 0600)."""
+def previous_path(path: str) -> str:
+    """Where :func:`save_checkpoint` keeps the checkpoint a save replaced (``last.pt`` ->
+    ``last.prev.pt``)."""
+    root, ext = os.path.splitext(path)
+    return f"{root}.prev{ext or '.pt'}"
+
+
+TMP_PREFIX = ".tmp-"
+
+
+def save_checkpoint(obj: dict, path: str, keep_previous: bool = False) -> None:
+    """Write ``obj`` to ``path`` atomically (temporary file in the same folder, fsync, rename),
+    with the permissions the user's umask gives new files (``mkstemp`` alone would make it 0600).
+
+    A failed write (a full disk, a kill) leaves ``path`` as it was, and the temporary file is
+    removed (or, after a kill, by :func:`remove_orphans` on the next start). ``keep_previous``:
+    the file being replaced becomes :func:`previous_path` (hard-linked first, so ``path`` itself
+    never goes missing), which :func:`load_resume` falls back on."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".pt", dir=folder)
     try:
         os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and os.path.isfile(path):
+            prev_tmp = tmp + ".prev"
+            try:
+                os.link(path, prev_tmp)
+            except OSError:  # a file system without hard links
+                shutil.copy2(path, prev_tmp)
+            os.replace(prev_tmp, previous_path(path))
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for leftover in (tmp, tmp + ".prev"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
         raise
+
+
+def remove_orphans(folder: str) -> List[str]:
+    """Remove the temporary files a killed save left under ``folder`` (recursively); returns
+    their paths relative to ``folder``."""
+    removed = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.startswith(TMP_PREFIX):
+                os.unlink(os.path.join(root, name))
+                removed.append(os.path.relpath(os.path.join(root, name), folder))
+    return sorted(removed)
+
+
+def load_resume(path: str, map_location: Union[str, torch.device] = "cpu",
+                log: Optional[Callable[[str], None]] = None) -> Tuple[dict, str]:
+    """Load a resume checkpoint; when ``path`` is truncated or corrupt, fall back on the previous
+    one (:func:`previous_path`) and say so through ``log``. Returns the checkpoint and the path
+    it came from."""
+    try:
+        return load_checkpoint(path, map_location), path
+    except CheckpointError as e:
+        prev = previous_path(path)
+        if not os.path.isfile(prev):
+            raise CheckpointError(f"{e}; there is no previous checkpoint ({prev}) to fall back on") from None
+        try:
+            ckpt = load_checkpoint(prev, map_location)
+        except CheckpointError as e2:
+            raise CheckpointError(f"{e}; the previous checkpoint is unreadable too ({e2})") from None
+        if log is not None:
+            log(f"warning: {e}; resuming from the previous checkpoint {prev} (epoch {ckpt.get('epoch', -1) + 1})")
+        return ckpt, prev
 
 
 def load_checkpoint(path: str, map_location: Union[str, torch.device] = "cpu") -> dict:

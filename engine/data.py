@@ -177,19 +177,35 @@ class TensorLoader:
 
 class FixedSteps:
     """Exactly ``n`` batches per epoch from ``loader``, continuing across its epochs (the
-    loader is re-iterated when it runs out). Used to give methods the same step budget."""
+    loader is re-iterated when it runs out). Used to give methods the same step budget.
+
+    Resumable at any epoch boundary, also mid-pass of the loader: the state holds the RNGs and
+    the loader's own state at the start of the current pass and how many batches of it were
+    used; :meth:`load_state_dict` replays the pass up to there (the trainer restores the
+    checkpoint's RNG afterwards), so a resumed run sees the batches an unbroken one would."""
 
     def __init__(self, loader, n: int):
         self.loader, self.n, self._it = loader, n, None
+        self._pass_start: Optional[dict] = None
+        self._used = 0
+
+    def _loader_state(self) -> Optional[dict]:
+        return self.loader.state_dict() if hasattr(self.loader, "state_dict") else None
 
     def _next(self):
         while True:
             if self._it is None:
-                self._it = iter(self.loader)
+                from engine.utils import get_rng_state
+
+                self._pass_start = {"rng": get_rng_state(), "loader": self._loader_state()}
+                self._it, self._used = iter(self.loader), 0
             try:
-                return next(self._it)
+                batch = next(self._it)
             except StopIteration:
                 self._it = None
+                continue
+            self._used += 1
+            return batch
 
     def __len__(self) -> int:
         return self.n
@@ -197,6 +213,28 @@ class FixedSteps:
     def __iter__(self):
         for _ in range(self.n):
             yield self._next()
+
+    def state_dict(self) -> dict:
+        mid_pass = self._it is not None
+        return {"pass_start": self._pass_start if mid_pass else None, "used": self._used if mid_pass else 0,
+                "loader": self._loader_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        from engine.utils import set_rng_state
+
+        self._it, self._used, self._pass_start = None, 0, None
+        start = state.get("pass_start")
+        if start is None:  # at a pass boundary: the loader goes on from its state at the checkpoint
+            if state.get("loader") is not None:
+                self.loader.load_state_dict(state["loader"])
+            return
+        set_rng_state(start["rng"])
+        if start["loader"] is not None:
+            self.loader.load_state_dict(start["loader"])
+        self._pass_start, self._it = start, iter(self.loader)
+        for _ in range(state["used"]):  # replay the used part of the pass (same order, same draws)
+            next(self._it)
+        self._used = state["used"]
 
 
 class WithIndex(torch.utils.data.Dataset):

@@ -8,7 +8,7 @@ from typing import Iterable, Mapping, Optional
 
 import torch
 
-from engine.checkpoint import find_resume_path
+from engine.checkpoint import find_resume_path, remove_orphans
 from engine.logger import RunLogger
 from engine.preflight import UsageError, check_device, clear_run_outputs
 from engine.utils import library_versions, seed_everything
@@ -170,6 +170,9 @@ def prepare_run(args: argparse.Namespace, name: str):
     logger = RunLogger(args.save_dir, name=name, wandb_project=getattr(args, "wandb", None), config=config)
     if removed:
         logger.info(f"--overwrite: removed the earlier run's {', '.join(removed)}")
+    orphans = remove_orphans(args.save_dir)
+    if orphans:
+        logger.info(f"removed {len(orphans)} temporary file(s) an interrupted save left behind: {', '.join(orphans)}")
     logger.info("command: " + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]))
     logger.info(f"device: {device} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
                 f"output: {os.path.abspath(args.save_dir)}")

@@ -63,7 +63,7 @@ def check_file(flag: str, path: Optional[str], what: str = "file") -> None:
 
 
 # Files a run writes into its --save_dir (also what --overwrite removes; nothing else is touched).
-RUN_FILES = ("log.txt", "metrics.json", "last.pt", "best.pt", "results.md", "results.json", "student.pt")
+RUN_FILES = ("log.txt", "metrics.json", "last.pt", "last.prev.pt", "best.pt", "results.md", "results.json", "student.pt")
 RUN_PREFIXES = ("events.out.tfevents.", ".tmp-")
 RUN_SUFFIXES = (".png",)
 RUN_FOLDERS = ("pool", "pool_spill", "init", "stages")
@@ -131,9 +131,9 @@ def check_resume(path: str, job: str, expected: Mapping[str, object], current: M
     :class:`UsageError` naming each flag and both values). ``replannable``: flags a resume may
     change (the caller re-plans and logs it). Returns ``{flag: (checkpoint value, new value)}``
     for the replannable flags that changed."""
-    from engine.checkpoint import load_checkpoint
+    from engine.checkpoint import load_resume
 
-    ckpt = load_checkpoint(path)
+    ckpt, _ = load_resume(path)  # a corrupt last.pt falls back on the previous one, as the resume will
     if not isinstance(ckpt, Mapping) or "args" not in ckpt or "epoch" not in ckpt:
         raise UsageError(f"--resume {path}: not a checkpoint of this engine's trainer (no args/epoch); "
                          "pass weights with --teacher_ckpt / --s_init instead")

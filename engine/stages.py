@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import load_resume
 
 
 @dataclass
@@ -36,13 +36,13 @@ def stage_finished(save_dir: str, epochs: int) -> bool:
     path = os.path.join(save_dir, "last.pt")
     if not os.path.isfile(path):
         return False
-    return load_checkpoint(path)["epoch"] + 1 >= epochs
+    return load_resume(path)[0]["epoch"] + 1 >= epochs
 
 
 def restore_final(trainer, path: str) -> None:
     """Load the weights of a finished stage (student and extra modules) into ``trainer``'s
     objective, without touching its optimiser: the state the next stage starts from."""
-    ckpt = load_checkpoint(path, map_location=trainer.device)
+    ckpt, _ = load_resume(path, map_location=trainer.device, log=trainer.logger.info)
     trainer.objective.student.load_state_dict(ckpt["model"])
     modules = trainer.objective.trainable_modules()
     for k, sd in ckpt.get("modules", {}).items():

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.checkpoint import load_resume, save_checkpoint
 from engine.logger import RunLogger
 from engine.objective import Objective
 from engine.utils import get_rng_state, library_versions, optimizer_impl, set_rng_state, synchronize
@@ -33,6 +33,15 @@ from engine.utils import get_rng_state, library_versions, optimizer_impl, set_rn
 
 class DivergenceError(RuntimeError):
     """Raised when the loss or the weights stop being finite."""
+
+
+class SourceDiverged(DivergenceError):
+    """Raised by a batch source whose own training stopped being finite (a synthesizer's loss
+    or generator); the trainer stops the run as for the student's divergence."""
+
+    def __init__(self, what: str, hint: str):
+        super().__init__(what)
+        self.hint = hint
 
 
 @dataclass
@@ -234,7 +243,7 @@ class Trainer:
 
     def resume(self, path: str) -> None:
         """Continue from a ``last.pt``: weights, optimiser, schedule, scaler, RNG, source state."""
-        ckpt = load_checkpoint(path, map_location=self.device)
+        ckpt, path = load_resume(path, map_location=self.device, log=self.logger.info)
         self.objective.student.load_state_dict(ckpt["model"])
         modules = self.objective.trainable_modules()
         for k, sd in ckpt.get("modules", {}).items():
@@ -284,10 +293,10 @@ class Trainer:
         return os.path.join(self.cfg.save_dir, "best.pt")
 
     # --------------------------------------------------------------- training
-    def _diverged(self, what: str, epoch: int, step: int) -> DivergenceError:
+    def _diverged(self, what: str, epoch: int, step: int, hint: str = "Try a lower --lr or --amp off.") -> DivergenceError:
         kept = self.last_path if os.path.exists(self.last_path) else "none yet (diverged in the first epoch)"
-        msg = (f"training diverged: {what} at epoch {epoch} step {step}; stopping. "
-               f"Last good checkpoint: {kept}. Try a lower --lr or --amp off.")
+        msg = (f"training diverged: {what} at epoch {epoch + 1} step {step}; stopping. "
+               f"Last good checkpoint: {kept}. {hint}")
         self.logger.info(msg)
         self.logger.write_json("metrics.json", self._metrics(status="diverged", message=msg))
         return DivergenceError(msg)
@@ -311,7 +320,19 @@ class Trainer:
                    disable=None if cfg.progress else True)
         synchronize(self.device)
         t0 = time.perf_counter()
-        for batch in self.source:
+        try:
+            batches = iter(self.source)
+        except SourceDiverged as e:
+            bar.close()
+            raise self._diverged(str(e), epoch, 0, e.hint) from None
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except SourceDiverged as e:
+                bar.close()
+                raise self._diverged(str(e), epoch, steps, e.hint) from None
             batch = _to_device(batch, self.device, self.channels_last)
             try:
                 with amp_ctx:
@@ -424,7 +445,7 @@ class Trainer:
             self.history.append(stats)
             self._log_epoch(stats)
             ckpt = self.state_dict(epoch)
-            save_checkpoint(ckpt, self.last_path)
+            save_checkpoint(ckpt, self.last_path, keep_previous=True)
             if is_best and cfg.save_best:
                 save_checkpoint(ckpt, self.best_path)
             self.start_epoch = epoch + 1
