@@ -33,6 +33,10 @@ class DataFreeSource:
         self.progress = False  # a bar over the synthesis rounds of warm-up epochs
         self._stats: Dict[str, float] = {}
         self.syn_time_total = 0.0
+        self._position: Optional[dict] = None  # at each KD step of an epoch: its round, step and sums so far
+        self._resume: Optional[dict] = None  # a restored mid-epoch position
+
+    resumable_mid_epoch = True
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -48,15 +52,24 @@ class DataFreeSource:
 
             rounds = tqdm(rounds, desc=f"warm-up epoch {self.epoch + 1}/{self.warmup}", unit="round", leave=False,
                           dynamic_ncols=True)
+        resume, self._resume = self._resume, None
+        if resume is not None:  # continue an epoch a checkpoint was taken in: its round is synthesized already
+            sums = dict(resume["sums"])
         for r in rounds:
+            if resume is not None and r < resume["round"]:
+                continue
             self.synth.round_in_epoch = r
-            stats = self.synth.synthesize(self.epoch)
-            self._check_finite(stats, r)
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
+            continuing = resume is not None and r == resume["round"]
+            if not continuing:
+                stats = self.synth.synthesize(self.epoch)
+                self._check_finite(stats, r)
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
             if self.epoch >= self.warmup:
-                for _ in range(self.kd_steps):
+                for k in range(resume["step"] if continuing else 0, self.kd_steps):
+                    self._position = {"round": r, "step": k + 1, "sums": dict(sums)}
                     yield self.synth.sample(self.batch_size)
+        self._position = None
         sums["syn_time"] = sums.get("syn_time", 0.0) + self.synth.pop_sample_time()
         self.syn_time_total += sums["syn_time"]
         self._stats = {k: (v if k == "syn_time" else v / max(self.rounds, 1)) for k, v in sums.items()}
@@ -94,8 +107,10 @@ class DataFreeSource:
         return dict(self._stats)
 
     def state_dict(self) -> dict:
-        return {"synthesizer": self.synth.state_dict(), "syn_time_total": self.syn_time_total}
+        return {"synthesizer": self.synth.state_dict(), "syn_time_total": self.syn_time_total,
+                "position": self._position}
 
     def load_state_dict(self, state: dict) -> None:
         self.synth.load_state_dict(state["synthesizer"])
         self.syn_time_total = state["syn_time_total"]
+        self._resume = state.get("position")

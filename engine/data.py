@@ -131,8 +131,12 @@ class TensorLoader:
 
     Shuffling uses a private CPU generator seeded by ``seed`` whose state is part of
     :meth:`state_dict`, so a resumed run draws the same order. Augmentation draws from the
-    device's global RNG, which the checkpoint also restores.
+    device's global RNG, which the checkpoint also restores. A state taken mid-pass (a run
+    stopped between two steps) also holds the pass's start and the batches used, and the next
+    pass after :meth:`load_state_dict` continues that one: same order, from the next batch.
     """
+
+    resumable_mid_epoch = True
 
     def __init__(self, data: TensorSplit, batch_size: int, train: bool, device: torch.device,
                  seed: int = 0, drop_last: bool = False, with_index: bool = False, flip: Optional[bool] = None):
@@ -144,6 +148,8 @@ class TensorLoader:
         if flip is not None and train:
             self.augment.flip = flip
         self.generator = torch.Generator().manual_seed(seed)
+        self._pass: Optional[dict] = None  # while a pass runs: the shuffle state before it, batches used
+        self._pending: Optional[dict] = None  # a restored mid-pass position
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -154,25 +160,39 @@ class TensorLoader:
         return len(self.labels)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.labels)
+        """A pass over the split. Its order is drawn here, when the iterator is made (not at the
+        first batch), so a state taken right after ``iter()`` already belongs to the new pass."""
+        n, first = len(self.labels), 0
+        self._pass = None
         if self.train:
+            if self._pending is not None:  # continue the pass a checkpoint was taken in
+                self.generator.set_state(self._pending["start"])
+                first, self._pending = self._pending["used"], None
+            self._pass = {"start": self.generator.get_state(), "used": first}
             order = torch.randperm(n, generator=self.generator).to(self.images.device)
         else:
             order = torch.arange(n, device=self.images.device)
-        for i in range(len(self)):
+        return self._batches(order, first)
+
+    def _batches(self, order: torch.Tensor, first: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(first, len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             if self.train and len(idx) < 2:  # a batch of one breaks BatchNorm
                 break
+            if self._pass is not None:
+                self._pass["used"] = i + 1
             if self.with_index:
                 yield self.augment(self.images[idx]), self.labels[idx], idx
             else:
                 yield self.augment(self.images[idx]), self.labels[idx]
+        self._pass = None
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "pass": dict(self._pass) if self._pass else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        self._pending = state.get("pass")
 
 
 class FixedSteps:
@@ -184,10 +204,14 @@ class FixedSteps:
     used; :meth:`load_state_dict` replays the pass up to there (the trainer restores the
     checkpoint's RNG afterwards), so a resumed run sees the batches an unbroken one would."""
 
+    resumable_mid_epoch = True
+
     def __init__(self, loader, n: int):
         self.loader, self.n, self._it = loader, n, None
         self._pass_start: Optional[dict] = None
         self._used = 0
+        self._in_epoch = 0  # batches given in the current epoch (0 between epochs)
+        self._resume_at = 0
 
     def _loader_state(self) -> Optional[dict]:
         return self.loader.state_dict() if hasattr(self.loader, "state_dict") else None
@@ -197,8 +221,9 @@ class FixedSteps:
             if self._it is None:
                 from engine.utils import get_rng_state
 
-                self._pass_start = {"rng": get_rng_state(), "loader": self._loader_state()}
+                rng = get_rng_state()  # before iter(): a DataLoader draws its seed there
                 self._it, self._used = iter(self.loader), 0
+                self._pass_start = {"rng": rng, "loader": self._loader_state()}  # the new pass's own state
             try:
                 batch = next(self._it)
             except StopIteration:
@@ -211,18 +236,23 @@ class FixedSteps:
         return self.n
 
     def __iter__(self):
-        for _ in range(self.n):
-            yield self._next()
+        self._in_epoch, self._resume_at = self._resume_at, 0
+        while self._in_epoch < self.n:
+            batch = self._next()
+            self._in_epoch += 1
+            yield batch
+        self._in_epoch = 0
 
     def state_dict(self) -> dict:
         mid_pass = self._it is not None
         return {"pass_start": self._pass_start if mid_pass else None, "used": self._used if mid_pass else 0,
-                "loader": self._loader_state()}
+                "loader": self._loader_state(), "in_epoch": self._in_epoch}
 
     def load_state_dict(self, state: dict) -> None:
         from engine.utils import set_rng_state
 
         self._it, self._used, self._pass_start = None, 0, None
+        self._resume_at = state.get("in_epoch", 0)
         start = state.get("pass_start")
         if start is None:  # at a pass boundary: the loader goes on from its state at the checkpoint
             if state.get("loader") is not None:

@@ -182,9 +182,14 @@ def prepare_run(args: argparse.Namespace, name: str):
 def run_main(fn, argv: Optional[list] = None) -> int:
     """Turn the engine's expected failures into one clear line and a non-zero exit code
     (set ``FASTDFKD_DEBUG=1`` to get the traceback instead)."""
+    from engine.trainer import Interrupted
+
     try:
         fn(argv)
         return 0
+    except Interrupted as e:  # SIGINT/SIGTERM: the checkpoint is written; not an error
+        print(str(e), file=sys.stderr)
+        return e.exit_code
     except EXPECTED_ERRORS as e:
         if os.environ.get("FASTDFKD_DEBUG"):  # full traceback when debugging
             raise

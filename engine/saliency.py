@@ -294,6 +294,10 @@ class SaliencyMix:
         self._pending_perm_state: Optional[Tuple[str, torch.Tensor]] = None
 
     # -- the wrapped loader's interface
+    @property
+    def resumable_mid_epoch(self) -> bool:
+        return getattr(self.loader, "resumable_mid_epoch", False)
+
     def __len__(self) -> int:
         return len(self.loader)
 

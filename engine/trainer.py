@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -42,6 +44,46 @@ class SourceDiverged(DivergenceError):
     def __init__(self, what: str, hint: str):
         super().__init__(what)
         self.hint = hint
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run at a step boundary, after its checkpoint was written;
+    ``exit_code`` is the shell's 128 + signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopSignals:
+    """While active (a ``with`` block in the main thread), SIGINT and SIGTERM only set
+    :attr:`received`; the trainer looks at it at every step boundary. A second signal stops at
+    once, as without the handler."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: Optional[int] = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:  # the second one: give up waiting for the step boundary
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.received = signum
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+        return False
 
 
 @dataclass
@@ -193,6 +235,8 @@ class Trainer:
         self.history: List[Dict[str, float]] = []
         self.best_top1, self.best_epoch = -1.0, -1
         self.time_total = 0.0  # summed over (resumed) runs
+        self.stop_signals: Optional[StopSignals] = None  # set while fit() runs
+        self._in_epoch: Optional[dict] = None  # a restored mid-epoch position (steps done, their sums)
 
     # ----------------------------------------------------------------- set-up
     @staticmethod
@@ -221,9 +265,12 @@ class Trainer:
         raise ValueError(f"schedule must be multistep, cosine or constant; got {cfg.schedule!r}")
 
     # ------------------------------------------------------------ checkpoints
-    def state_dict(self, epoch: int) -> dict:
+    def state_dict(self, epoch: int, in_epoch: Optional[dict] = None) -> dict:
+        """Everything needed to continue: ``epoch`` is the last finished one; ``in_epoch`` (a
+        checkpoint written between two steps) says how far the next one got."""
         extras = {k: m.state_dict() for k, m in self.objective.trainable_modules().items() if k != "student"}
         return {
+            "in_epoch": in_epoch,
             "model": self.objective.student.state_dict(),
             "modules": extras,
             "optimizer": self.optimizer.state_dict(),
@@ -259,7 +306,9 @@ class Trainer:
         self.history = list(ckpt["history"])
         self.best_top1, self.best_epoch = ckpt["best_top1"], ckpt["best_epoch"]
         self.time_total = ckpt.get("time_total", 0.0)
-        self.logger.info(f"resumed from {path} at epoch {self.start_epoch}")
+        self._in_epoch = ckpt.get("in_epoch")
+        where = f" step {self._in_epoch['steps']}" if self._in_epoch else ""
+        self.logger.info(f"resumed from {path} at epoch {self.start_epoch + 1}{where}")
         saved_epochs = (ckpt.get("config") or {}).get("epochs")
         if saved_epochs is not None and saved_epochs != self.cfg.epochs:
             self._replan(saved_epochs)
@@ -314,10 +363,15 @@ class Trainer:
         window = torch.zeros((), device=self.device)
         norms: List[float] = []
         steps = samples = 0
+        resumed, self._in_epoch = self._in_epoch, None
+        samples_before = resumed["samples"] if resumed is not None else 0  # not timed in this process
+        if resumed is not None:  # the steps this epoch had taken before the run was stopped
+            steps, samples, norms = resumed["steps"], resumed["samples"], list(resumed["norms"])
+            sums = {k: torch.tensor(v, device=self.device) for k, v in resumed["sums"].items()}
         amp_ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         total = len(self.source) if hasattr(self.source, "__len__") else None
-        bar = tqdm(total=total, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
-                   disable=None if cfg.progress else True)
+        bar = tqdm(total=total, initial=steps if total else 0, desc=f"epoch {epoch + 1}", leave=False,
+                   dynamic_ncols=True, disable=None if cfg.progress else True)
         synchronize(self.device)
         t0 = time.perf_counter()
         try:
@@ -368,6 +422,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{w:.4f}", lr=f"{opt.param_groups[0]['lr']:.4g}")
                 self.logger.scalars({"train_step/loss": w, "train_step/grad_norm": norms[-1]}, self.global_step)
                 window.zero_()
+            if self.stop_signals is not None and self.stop_signals.received is not None:
+                bar.close()
+                self._stop_mid_epoch(epoch, steps, samples, sums, norms, time.perf_counter() - t0)
         synchronize(self.device)
         elapsed = time.perf_counter() - t0
         bar.close()
@@ -379,8 +436,45 @@ class Trainer:
         if norms:
             stats["grad_norm"] = sum(norms) / len(norms)
         stats.update(steps=steps, samples=samples, train_time=elapsed,
-                     throughput=samples / elapsed if elapsed > 0 else 0.0, lr=opt.param_groups[0]["lr"])
+                     throughput=(samples - samples_before) / elapsed if elapsed > 0 else 0.0,
+                     lr=opt.param_groups[0]["lr"])
         return stats
+
+    def _stop_mid_epoch(self, epoch: int, steps: int, samples: int, sums: Dict[str, torch.Tensor], norms: List[float],
+                        elapsed: float) -> None:
+        """A stop signal arrived: write ``last.pt`` as of this step boundary (when the batch
+        source can continue mid-epoch; otherwise the last epoch's checkpoint stays and the
+        epoch is redone), then raise :class:`Interrupted`."""
+        signum = self.stop_signals.received
+        name = signal.Signals(signum).name
+        self.time_total += elapsed
+        if getattr(self.source, "resumable_mid_epoch", False):
+            in_epoch = {"epoch": epoch, "steps": steps, "samples": samples, "norms": list(norms),
+                        "sums": {k: float(v) for k, v in sums.items()}}
+            if not self._weights_finite():
+                raise self._diverged("weights are no longer finite", epoch, steps)
+            save_checkpoint(self.state_dict(epoch - 1, in_epoch), self.last_path, keep_previous=True)
+            where = f"{self.last_path} (epoch {epoch + 1}, step {steps})"
+        else:
+            kept = self.last_path if os.path.exists(self.last_path) else None
+            where = (f"{kept} (epoch {epoch}; this batch source cannot continue mid-epoch, so --resume redoes "
+                     f"epoch {epoch + 1})" if kept else "none (stopped in the first epoch)")
+        msg = f"stopped by {name} at epoch {epoch + 1} step {steps}; checkpoint: {where}; --resume continues"
+        self.logger.info(msg)
+        self.logger.write_json("metrics.json", self._metrics(status="interrupted", message=msg))
+        self.logger.flush()
+        raise Interrupted(msg, signum)
+
+    def _stop_between_epochs(self, epoch: int) -> None:
+        """A stop signal arrived after an epoch's last step (or in a warm-up epoch, which has no
+        steps): that epoch's ``last.pt`` is the checkpoint."""
+        signum = self.stop_signals.received
+        msg = (f"stopped by {signal.Signals(signum).name} after epoch {epoch}; checkpoint: {self.last_path} "
+               f"(epoch {epoch}); --resume continues")
+        self.logger.info(msg)
+        self.logger.write_json("metrics.json", self._metrics(status="interrupted", message=msg))
+        self.logger.flush()
+        raise Interrupted(msg, signum)
 
     def _weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.params)
@@ -419,7 +513,21 @@ class Trainer:
             self.logger.info(f"precision: training steps {self.precision['train_steps']} (--amp {cfg.amp}), "
                              f"test-set evaluation fp32")
             self._precision_logged = True
+        with StopSignals() as self.stop_signals:
+            try:
+                self._fit_epochs(stop)
+            finally:
+                self.stop_signals = None
+        metrics = self._metrics(status="finished" if self.start_epoch >= cfg.epochs else "stopped")
+        self.logger.write_json("metrics.json", metrics)
+        self.logger.flush()
+        return metrics
+
+    def _fit_epochs(self, stop: int) -> None:
+        cfg = self.cfg
         for epoch in range(self.start_epoch, stop):
+            if self.stop_signals.received is not None:  # arrived after the last step of the epoch before
+                self._stop_between_epochs(epoch)
             t_epoch = time.perf_counter()
             stats = self.train_one_epoch(epoch)
             if hasattr(self.source, "epoch_stats"):
@@ -449,10 +557,6 @@ class Trainer:
             if is_best and cfg.save_best:
                 save_checkpoint(ckpt, self.best_path)
             self.start_epoch = epoch + 1
-        metrics = self._metrics(status="finished" if self.start_epoch >= cfg.epochs else "stopped")
-        self.logger.write_json("metrics.json", metrics)
-        self.logger.flush()
-        return metrics
 
     def _log_epoch(self, s: Dict[str, float]) -> None:
         parts = [f"epoch {s['epoch']}/{self.cfg.epochs}"]

@@ -226,3 +226,132 @@ def test_a_two_stage_kd_run_killed_mid_epoch_resumes_to_the_uninterrupted_weight
     _same(_final_student(tmp_path / "whole"), _final_student(tmp_path / "cut"))
     _same(load_checkpoint(str(tmp_path / "whole" / "init" / "last.pt"))["model"],
           load_checkpoint(str(tmp_path / "cut" / "init" / "last.pt"))["model"])
+
+
+# ------------------------------------------------------- SIGINT / SIGTERM: stop at a step boundary
+def _signal_at_step(trainer, step: int, signum=signal.SIGTERM) -> None:
+    """Deliver ``signum`` to this process during the ``step``-th training step of ``trainer``."""
+    forward, count = trainer.step_forward, [0]
+
+    def step_forward(batch):
+        count[0] += 1
+        if count[0] == step:
+            os.kill(os.getpid(), signum)
+        return forward(batch)
+
+    trainer.step_forward = step_forward
+
+
+def _students_equal(a, b) -> None:
+    _same(a.objective.student.state_dict(), b.objective.student.state_dict())
+
+
+@pytest.mark.parametrize("steps_per_epoch", [None, 13], ids=["whole_passes", "fixed_steps_across_passes"])
+def test_sigterm_mid_epoch_writes_a_checkpoint_that_resumes_to_the_uninterrupted_weights(tmp_path, steps_per_epoch):
+    from engine.data import FixedSteps
+    from engine.trainer import Interrupted
+    from test_engine import make_trainer
+
+    def trainer(folder, seed=0):
+        t = make_trainer(folder, epochs=3, seed=seed)  # 640 digits, batch 32: 20 steps a pass
+        if steps_per_epoch:
+            t.source = FixedSteps(t.source, steps_per_epoch)
+        return t
+
+    a = trainer(tmp_path / "a")
+    a.fit()
+    b = trainer(tmp_path / "b")
+    per_epoch = steps_per_epoch or 20
+    _signal_at_step(b, per_epoch + 10)  # epoch 2, step 10 (with 13 a pass: the loader's 2nd pass, batch 4)
+    with pytest.raises(Interrupted) as stop:
+        b.fit()
+    assert stop.value.exit_code == 128 + signal.SIGTERM
+    assert str(stop.value).startswith("stopped by SIGTERM at epoch 2 step 10; checkpoint: ")
+    ckpt = load_checkpoint(str(tmp_path / "b" / "last.pt"))
+    assert ckpt["epoch"] == 0 and ckpt["in_epoch"]["steps"] == 10 and ckpt["global_step"] == per_epoch + 10
+    import json
+
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["status"] == "interrupted"
+    c = trainer(tmp_path / "b", seed=123)  # a new process: state only from last.pt
+    c.resume(str(tmp_path / "b" / "last.pt"))
+    c.fit()
+    _students_equal(a, c)
+    assert c.history[1]["loss"] == pytest.approx(a.history[1]["loss"], rel=1e-6)  # the split epoch's figures
+    assert c.history[1]["steps"] == per_epoch
+
+
+def test_sigint_mid_epoch_of_a_data_free_run_resumes_to_the_uninterrupted_run(tmp_path):
+    from engine.trainer import Interrupted
+    from test_datafree_methods import _datafree_trainer
+
+    a = _datafree_trainer(tmp_path / "a", 0)
+    a.fit()
+    b = _datafree_trainer(tmp_path / "b", 0)
+    _signal_at_step(b, 3, signal.SIGINT)  # epoch 2 (after a warm-up epoch): round 2, its first KD step
+    with pytest.raises(Interrupted) as stop:
+        b.fit()
+    assert stop.value.exit_code == 130
+    ckpt = load_checkpoint(str(tmp_path / "b" / "last.pt"))
+    assert ckpt["in_epoch"]["steps"] == 3 and ckpt["source"]["position"]["round"] == 1
+    c = _datafree_trainer(tmp_path / "b", 7)
+    c.resume(str(tmp_path / "b" / "last.pt"))
+    c.fit()
+    _students_equal(a, c)
+    sa, sc = a.source.synth, c.source.synth
+    assert torch.equal(sa.pool.images(), sc.pool.images())
+    _same(sa.generator.state_dict(), sc.generator.state_dict())
+
+
+def test_a_signal_during_a_warm_up_epoch_stops_after_it(tmp_path):
+    """A warm-up epoch has no training steps: the run stops once that epoch's checkpoint is
+    written, and the resume goes on from the next epoch."""
+    from engine.trainer import Interrupted
+    from test_datafree_methods import _datafree_trainer
+
+    a = _datafree_trainer(tmp_path / "a", 0)
+    a.fit()
+    b = _datafree_trainer(tmp_path / "b", 0)
+    synthesize = b.source.synth.synthesize
+
+    sent = []
+
+    def signalled(epoch):
+        if not sent:  # once: a second signal stops at once, without waiting for the boundary
+            sent.append(epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return synthesize(epoch)
+
+    b.source.synth.synthesize = signalled
+    with pytest.raises(Interrupted, match="after epoch 1; checkpoint: .*last.pt \\(epoch 1\\)"):
+        b.fit()
+    assert load_checkpoint(str(tmp_path / "b" / "last.pt"))["in_epoch"] is None
+    c = _datafree_trainer(tmp_path / "b", 7)
+    c.resume(str(tmp_path / "b" / "last.pt"))
+    c.fit()
+    _students_equal(a, c)
+
+
+def test_sigterm_to_a_kd_run_exits_143_with_one_line_and_resumes_to_the_same_weights(tmp_path):
+    from kd import train as kdtrain
+    from kdtools import digits_teacher_ckpt, kd_cli
+
+    ckpt = digits_teacher_ckpt(tmp_path / "models")
+
+    def argv(out):
+        return kd_cli(out, "--path_t", ckpt, "--distill", "kd", "--epochs", "4", "--batch_size", "16")
+
+    _in_process(kdtrain.main, argv(tmp_path / "whole"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "kd/train.py"] + argv(tmp_path / "cut"), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not (tmp_path / "cut" / "last.pt").exists():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before the signal; make it longer"
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=240)[1].strip().splitlines()
+    assert proc.returncode == 143, err
+    assert err[-1].startswith("stopped by SIGTERM ") and err[-1].endswith("--resume continues"), err[-1]
+    assert not [line for line in err if "Traceback" in line]
+    _in_process(kdtrain.main, argv(tmp_path / "cut") + ["--resume"])
+    _same(_final_student(tmp_path / "whole"), _final_student(tmp_path / "cut"))
