@@ -204,14 +204,18 @@ class FixedSteps:
     used; :meth:`load_state_dict` replays the pass up to there (the trainer restores the
     checkpoint's RNG afterwards), so a resumed run sees the batches an unbroken one would."""
 
-    resumable_mid_epoch = True
-
     def __init__(self, loader, n: int):
         self.loader, self.n, self._it = loader, n, None
         self._pass_start: Optional[dict] = None
         self._used = 0
         self._in_epoch = 0  # batches given in the current epoch (0 between epochs)
         self._resume_at = 0
+
+    @property
+    def resumable_mid_epoch(self) -> bool:
+        """A stop between two steps can be continued exactly when the loader's own state says
+        where its order stands (the tensor pipeline); a PIL ``DataLoader`` redoes the epoch."""
+        return getattr(self.loader, "resumable_mid_epoch", False)
 
     def _loader_state(self) -> Optional[dict]:
         return self.loader.state_dict() if hasattr(self.loader, "state_dict") else None
