@@ -53,3 +53,19 @@ def test_pool_bench_fills_each_tier(tmp_path):
     assert held["disk"] == {"device": 0, "host": 0, "disk": 600}
     assert all(r["sample_ms_per_batch"] > 0 for r in out["rows"])
     assert json.loads((tmp_path / "pool.json").read_text())["n"] == 600
+
+
+def test_memory_bench_reports_a_peak_per_synthesizer_and_kd_method(tmp_path, capsys):
+    from bench import memory
+
+    out = tmp_path / "memory.json"
+    rows = memory.main(["--synth", "fast", "--kd", "kd", "--batch", "8", "--rounds", "1", "--g_steps", "1",
+                        "--teacher", "resnet8", "--student", "resnet8", "--kd_batch", "4", "--steps", "1",
+                        "--device", "cpu", "--json", str(out)])
+    assert [(r["kind"], r["name"]) for r in rows] == [("synthesizer", "fast"), ("kd", "kd")]
+    assert all(r["peak_mb"] > 50 and 0 <= r["work_mb"] < r["peak_mb"] for r in rows)  # a real process's figures
+    table = capsys.readouterr().out
+    assert "| synthesizer | fast |" in table and "| kd | kd | resnet8 -> resnet8, batch 4 |" in table
+    import json
+
+    assert len(json.loads(out.read_text())["rows"]) == 2
