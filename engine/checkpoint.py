@@ -285,8 +285,13 @@ def load_weights(model: nn.Module, source: Union[str, Mapping], map_location="cp
 
 def export_weights(model: nn.Module, path: str) -> str:
     """``--export``: the model's weights alone, as a plain state dict on the CPU, written
-    atomically; ``torch.load(path)`` gives a dict that ``model.load_state_dict`` takes."""
-    save_checkpoint({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+    atomically (by rank 0 alone under torchrun); ``torch.load(path)`` gives a dict that
+    ``model.load_state_dict`` takes."""
+    from engine.distributed import barrier, is_main
+
+    if is_main():
+        save_checkpoint({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+    barrier()
     return path
 
 

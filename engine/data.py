@@ -151,8 +151,17 @@ class TensorLoader:
         self._pass: Optional[dict] = None  # while a pass runs: the shuffle state before it, batches used
         self._pending: Optional[dict] = None  # a restored mid-pass position
 
+    def _shard_size(self) -> int:
+        """Samples this rank reads per pass (all of them in a single process)."""
+        from engine.distributed import current
+
+        ctx, n = current(), len(self.labels)
+        if not ctx.enabled:
+            return n
+        return -(-n // ctx.world_size) if self.train else len(range(ctx.rank, n, ctx.world_size))
+
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = self._shard_size()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     @property
@@ -169,10 +178,12 @@ class TensorLoader:
                 self.generator.set_state(self._pending["start"])
                 first, self._pending = self._pending["used"], None
             self._pass = {"start": self.generator.get_state(), "used": first}
-            order = torch.randperm(n, generator=self.generator).to(self.images.device)
+            order = torch.randperm(n, generator=self.generator)  # the same on every rank: one shared shuffle
         else:
-            order = torch.arange(n, device=self.images.device)
-        return self._batches(order, first)
+            order = torch.arange(n)
+        from engine.distributed import shard
+
+        return self._batches(shard(order, pad=self.train).to(self.images.device), first)
 
     def _batches(self, order: torch.Tensor, first: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         for i in range(first, len(self)):
@@ -269,6 +280,16 @@ class FixedSteps:
         for _ in range(state["used"]):  # replay the used part of the pass (same order, same draws)
             next(self._it)
         self._used = state["used"]
+
+
+def _single_process_only(what: str) -> None:
+    from engine.distributed import current
+
+    if current().enabled:
+        from engine.preflight import UsageError
+
+        raise UsageError(f"{what}: not sharded over torchrun's ranks yet; use the tensor pipeline "
+                         "(--pipeline tensor) or run one process")
 
 
 class WithIndex(torch.utils.data.Dataset):
@@ -370,6 +391,7 @@ def build_loader(name: str, split: str, batch_size: int, device: torch.device, d
             return loader
         if pipeline != "pil":
             raise ValueError(f"pipeline must be 'tensor' or 'pil', got {pipeline!r}")
+        _single_process_only("--pipeline pil")
         spec = data.spec
         if flip is not None:
             from dataclasses import replace
@@ -379,6 +401,7 @@ def build_loader(name: str, split: str, batch_size: int, device: torch.device, d
         data = _PILView(data, folder_transform(spec, train))
     elif flip is not None and train:
         raise ValueError("overriding the horizontal flip is supported for tensor datasets only")
+    _single_process_only(f"{name} (a folder dataset, read through PIL)")
     if with_index:
         data = WithIndex(data)
     loader = PILLoader(data, batch_size, train, workers, seed=seed, pin_memory=device.type == "cuda")

@@ -8,6 +8,7 @@ from typing import Iterable, Mapping, Optional
 
 import torch
 
+from engine import distributed
 from engine.checkpoint import find_resume_path, remove_orphans
 from engine.logger import RunLogger
 from engine.preflight import UsageError, check_device, clear_run_outputs
@@ -164,18 +165,25 @@ def prepare_run(args: argparse.Namespace, name: str):
         if importlib.util.find_spec("wandb") is None:  # before the folder exists
             raise UsageError("--wandb: wandb is not installed (pip install wandb)")
     resume = find_resume_path(args.resume, args.save_dir)
-    removed = clear_run_outputs(args.save_dir) if getattr(args, "overwrite", False) and not resume else []
-    os.makedirs(args.save_dir, exist_ok=True)
+    dist = distributed.current()
+    distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
+    main = dist.is_main
+    removed = clear_run_outputs(args.save_dir) if main and getattr(args, "overwrite", False) and not resume else []
+    if main:
+        os.makedirs(args.save_dir, exist_ok=True)
     config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, list, tuple, type(None)))}
     logger = RunLogger(args.save_dir, name=name, wandb_project=getattr(args, "wandb", None), config=config)
     if removed:
         logger.info(f"--overwrite: removed the earlier run's {', '.join(removed)}")
-    orphans = remove_orphans(args.save_dir)
+    orphans = remove_orphans(args.save_dir) if main else []
     if orphans:
         logger.info(f"removed {len(orphans)} temporary file(s) an interrupted save left behind: {', '.join(orphans)}")
     logger.info("command: " + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]))
-    logger.info(f"device: {device} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
+    ranks = f" | world_size {dist.world_size} (torchrun)" if dist.enabled else ""
+    logger.info(f"device: {device} | torch {torch.__version__} | threads {torch.get_num_threads()}{ranks} | "
                 f"output: {os.path.abspath(args.save_dir)}")
+    if dist.enabled:
+        args.world_size = dist.world_size  # recorded in the checkpoints and metrics.json
     return device, logger, resume
 
 
@@ -184,17 +192,22 @@ def run_main(fn, argv: Optional[list] = None) -> int:
     (set ``FASTDFKD_DEBUG=1`` to get the traceback instead)."""
     from engine.trainer import Interrupted
 
+    dist = distributed.setup()  # joins torchrun's process group; nothing in a single process
     try:
         fn(argv)
         return 0
     except Interrupted as e:  # SIGINT/SIGTERM: the checkpoint is written; not an error
-        print(str(e), file=sys.stderr)
+        if dist.is_main:
+            print(str(e), file=sys.stderr)
         return e.exit_code
     except EXPECTED_ERRORS as e:
         if os.environ.get("FASTDFKD_DEBUG"):  # full traceback when debugging
             raise
-        print(f"error: {error_line(e)}", file=sys.stderr)
+        if dist.is_main:  # every rank runs the same checks: one line, not one per rank
+            print(f"error: {error_line(e)}", file=sys.stderr)
         return 2
+    finally:
+        distributed.teardown()
 
 
 def error_line(e: BaseException) -> str:

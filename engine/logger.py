@@ -15,17 +15,26 @@ class RunLogger:
 
     ``info`` goes to the console and ``save_dir/log.txt``; ``scalars`` to TensorBoard
     (``tensorboard --logdir <save_dir>``); ``write_json`` rewrites a JSON file atomically.
+    Under torchrun only rank 0's logger writes; the other ranks' loggers are silent.
     """
 
     def __init__(self, save_dir: str, name: str = "run", tensorboard: bool = True, console: bool = True,
                  wandb_project: Optional[str] = None, config: Optional[Mapping] = None):
+        from engine.distributed import is_main
+
         self.save_dir = save_dir
-        os.makedirs(save_dir, exist_ok=True)
+        self.silent = not is_main()
         self.log = logging.getLogger(f"fastdfkd.{name}.{os.path.abspath(save_dir)}")
         self.log.setLevel(logging.INFO)
         self.log.propagate = False
         for h in list(self.log.handlers):
             self.log.removeHandler(h)
+        self.writer = None
+        self.wandb = None
+        if self.silent:
+            self.log.addHandler(logging.NullHandler())
+            return
+        os.makedirs(save_dir, exist_ok=True)
         fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
         fh = logging.FileHandler(os.path.join(save_dir, "log.txt"))
         fh.setFormatter(fmt)
@@ -34,12 +43,10 @@ class RunLogger:
             ch = logging.StreamHandler(sys.stdout)
             ch.setFormatter(logging.Formatter("%(message)s"))
             self.log.addHandler(ch)
-        self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=save_dir)
-        self.wandb = None
         if wandb_project:
             self.wandb = start_wandb(wandb_project, save_dir, name, config)
 
@@ -57,6 +64,8 @@ class RunLogger:
                    labels: Optional[Sequence[int]] = None) -> None:
         """Save a grid of [0, 1] images as PNG (``path``) and to TensorBoard; ``labels`` (one per
         image, e.g. the teacher's predicted class) are written in each tile's top-left corner."""
+        if self.silent:
+            return
         import torchvision.utils as vutils
 
         grid = vutils.make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow)
@@ -69,6 +78,8 @@ class RunLogger:
 
     def write_json(self, filename: str, obj) -> str:
         path = os.path.join(self.save_dir, filename)
+        if self.silent:
+            return path
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, default=str)

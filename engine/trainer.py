@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from engine import distributed
 from engine.checkpoint import load_resume, save_checkpoint
 from engine.logger import RunLogger
 from engine.objective import Objective
@@ -160,9 +161,11 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
         correct5 += hits.any(dim=1).sum()
         n += y.shape[0]
     model.train(was_training)
+    counts = distributed.all_reduce_sum(torch.stack([correct1.double(), correct5.double(), loss_sum.double(),
+                                                     torch.tensor(float(n), device=device, dtype=torch.double)]))
+    c1, c5, loss, n = counts.tolist()  # summed over the ranks' shards of the test set
     n = max(n, 1)
-    return {"top1": 100.0 * correct1.item() / n, "top5": 100.0 * correct5.item() / n,
-            "test_loss": loss_sum.item() / n}
+    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "test_loss": loss / n}
 
 
 @torch.no_grad()
@@ -191,11 +194,15 @@ def evaluate_heads(heads, loader: Iterable, device: torch.device, amp_dtype: Opt
                 first = name
                 loss_sum += F.cross_entropy(logits, y, reduction="sum")
         n += y.shape[0]
-    n = max(n, 1)
-    out = {f"top1_{k}": 100.0 * c[0].item() / n for k, c in counts.items()}
+    names = list(counts)
+    flat = [t.double() for k in names for t in counts[k]] + [loss_sum.double(),
+                                                             torch.tensor(float(n), device=device, dtype=torch.double)]
+    summed = distributed.all_reduce_sum(torch.stack(flat)).tolist() if flat else [0.0]
+    n = max(summed[-1], 1)
+    hits = {k: (summed[2 * i], summed[2 * i + 1]) for i, k in enumerate(names)}
+    out = {f"top1_{k}": 100.0 * h[0] / n for k, h in hits.items()}
     if first is not None:
-        out.update(top1=out[f"top1_{first}"], top5=100.0 * counts[first][1].item() / n,
-                   test_loss=loss_sum.item() / n)
+        out.update(top1=out[f"top1_{first}"], top5=100.0 * hits[first][1] / n, test_loss=summed[-2] / n)
     return out
 
 
@@ -236,6 +243,10 @@ class Trainer:
         self.best_top1, self.best_epoch = -1.0, -1
         self.time_total = 0.0  # summed over (resumed) runs
         self.stop_signals: Optional[StopSignals] = None  # set while fit() runs
+        self.dist = distributed.current()
+        if self.dist.enabled:  # every rank starts from rank 0's weights and draws its own augmentations
+            distributed.broadcast_state(self.objective.trainable_modules().values())
+            torch.manual_seed(torch.initial_seed() + 1_000_003 * self.dist.rank)
         self._in_epoch: Optional[dict] = None  # a restored mid-epoch position (steps done, their sums)
 
     # ----------------------------------------------------------------- set-up
@@ -399,6 +410,7 @@ class Trainer:
             loss = sum(v * weight(k) for k, v in losses.items()) if weighted else sum(losses.values())
             opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            distributed.average_gradients(self.params)  # no-op in a single process
             log_now = (steps + 1) % cfg.log_every == 0
             if cfg.grad_clip or log_now:
                 self.scaler.unscale_(opt)
@@ -414,7 +426,7 @@ class Trainer:
             self.global_step += 1
             bar.update(1)
             if log_now:
-                w = window.item() / cfg.log_every
+                w = distributed.all_reduce_sum(window).item() / cfg.log_every / self.dist.world_size
                 if not math.isfinite(w):
                     bar.close()
                     raise self._diverged(f"loss is {w}", epoch, steps)
@@ -422,12 +434,16 @@ class Trainer:
                 bar.set_postfix(loss=f"{w:.4f}", lr=f"{opt.param_groups[0]['lr']:.4g}")
                 self.logger.scalars({"train_step/loss": w, "train_step/grad_norm": norms[-1]}, self.global_step)
                 window.zero_()
-            if self.stop_signals is not None and self.stop_signals.received is not None:
+            if self._stop_now(log_now):
                 bar.close()
                 self._stop_mid_epoch(epoch, steps, samples, sums, norms, time.perf_counter() - t0)
         synchronize(self.device)
         elapsed = time.perf_counter() - t0
         bar.close()
+        if self.dist.enabled and sums:  # the epoch's losses as the mean over every rank's steps
+            names = sorted(sums)
+            total = distributed.all_reduce_sum(torch.stack([sums[k] for k in names])) / self.dist.world_size
+            sums = dict(zip(names, total))
         stats = {f"loss_{k}": (v / steps).item() for k, v in sums.items()}
         if steps:
             stats["loss"] = sum(stats[f"loss_{k}"] * weight(k) for k in sums)
@@ -435,10 +451,26 @@ class Trainer:
                 raise self._diverged(f"loss is {stats['loss']}", epoch, steps)
         if norms:
             stats["grad_norm"] = sum(norms) / len(norms)
+        if self.dist.enabled:
+            samples = int(distributed.all_reduce_sum(torch.tensor(float(samples))).item())
         stats.update(steps=steps, samples=samples, train_time=elapsed,
                      throughput=(samples - samples_before) / elapsed if elapsed > 0 else 0.0,
                      lr=opt.param_groups[0]["lr"])
         return stats
+
+    def _stop_now(self, log_step: bool) -> bool:
+        """Whether a stop signal has arrived. Under torchrun the ranks decide together, at the
+        steps that log (so every rank stops at the same step, and no step waits on a collective
+        of its own)."""
+        received = self.stop_signals is not None and self.stop_signals.received is not None
+        if not self.dist.enabled:
+            return received
+        if not log_step:
+            return False
+        flag = distributed.all_reduce_sum(torch.tensor([1.0 if received else 0.0]))
+        if flag.item() > 0 and not received:
+            self.stop_signals.received = signal.SIGTERM  # another rank's signal
+        return flag.item() > 0
 
     def _stop_mid_epoch(self, epoch: int, steps: int, samples: int, sums: Dict[str, torch.Tensor], norms: List[float],
                         elapsed: float) -> None:
@@ -453,7 +485,7 @@ class Trainer:
                         "sums": {k: float(v) for k, v in sums.items()}}
             if not self._weights_finite():
                 raise self._diverged("weights are no longer finite", epoch, steps)
-            save_checkpoint(self.state_dict(epoch - 1, in_epoch), self.last_path, keep_previous=True)
+            self._save(self.state_dict(epoch - 1, in_epoch), best=False)
             where = f"{self.last_path} (epoch {epoch + 1}, step {steps})"
         else:
             kept = self.last_path if os.path.exists(self.last_path) else None
@@ -493,6 +525,8 @@ class Trainer:
         }
 
     def run_evaluation(self) -> Dict[str, float]:
+        # rank 0's BatchNorm running statistics on every rank, as DDP's broadcast_buffers does
+        distributed.broadcast_state(self.objective.trainable_modules().values(), buffers_only=True)
         heads = getattr(self.objective, "eval_heads", None)
         if heads is None:
             # the test set is always evaluated in fp32, whatever the training steps' precision
@@ -552,11 +586,16 @@ class Trainer:
                 self.best_top1, self.best_epoch = stats["top1"], epoch + 1
             self.history.append(stats)
             self._log_epoch(stats)
-            ckpt = self.state_dict(epoch)
-            save_checkpoint(ckpt, self.last_path, keep_previous=True)
-            if is_best and cfg.save_best:
-                save_checkpoint(ckpt, self.best_path)
+            self._save(self.state_dict(epoch), best=is_best and cfg.save_best)
             self.start_epoch = epoch + 1
+
+    def _save(self, ckpt: dict, best: bool) -> None:
+        """``last.pt`` (and ``best.pt``), by rank 0 alone; the other ranks wait for the files."""
+        if self.dist.is_main:
+            save_checkpoint(ckpt, self.last_path, keep_previous=True)
+            if best:
+                save_checkpoint(ckpt, self.best_path)
+        distributed.barrier()
 
     def _log_epoch(self, s: Dict[str, float]) -> None:
         parts = [f"epoch {s['epoch']}/{self.cfg.epochs}"]

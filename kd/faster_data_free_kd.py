@@ -300,6 +300,12 @@ def dataset_for(args: argparse.Namespace):
 
 def check_args(args: argparse.Namespace) -> None:
     """Every check that needs no model or data: names, numbers, the schedule, the weights."""
+    from engine.distributed import launched
+
+    if launched():
+        raise UsageError("data-free runs under torchrun are not supported yet (the synthesis would not be shared "
+                         "across ranks); run one process. Data-driven jobs (cifar100.py, kd/train.py) run under "
+                         "torchrun")
     for flag in ("teacher", "student"):
         setattr(args, flag, canonical_name(getattr(args, flag)))
     require_positive(batch_size=args.batch_size, synthesis_batch_size=args.synthesis_batch_size,

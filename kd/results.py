@@ -29,8 +29,9 @@ def format_table(rows: List[dict]) -> str:
 
 
 def write_results(save_dir: str, rows: List[dict], args: dict, logger=None, title: Optional[str] = None) -> dict:
-    """Write ``results.md`` and ``results.json``; returns the JSON object."""
-    os.makedirs(save_dir, exist_ok=True)
+    """Write ``results.md`` and ``results.json`` (rank 0 alone under torchrun); returns the JSON object."""
+    from engine.distributed import is_main
+
     table = format_table(rows)
     best = max((r for r in rows if r.get("best_top1") is not None), key=lambda r: r["best_top1"], default=None)
     header = title or f"Results ({len(rows)} run{'s' * (len(rows) != 1)})"
@@ -39,6 +40,9 @@ def write_results(save_dir: str, rows: List[dict], args: dict, logger=None, titl
         text += f"\nBest: {best['method']} {best.get('stage') or ''} {best['best_top1']:.2f}\n".replace("  ", " ")
     summary = {"rows": rows, "best": best, "args": args, "versions": library_versions()}
     for name, payload in (("results.md", text), ("results.json", json.dumps(summary, indent=2, default=str))):
+        if not is_main():
+            break
+        os.makedirs(save_dir, exist_ok=True)
         tmp = os.path.join(save_dir, name + ".tmp")
         with open(tmp, "w") as f:
             f.write(payload)

@@ -1,0 +1,124 @@
+"""Data-parallel runs on PyTorch's own stack: ``torchrun`` + ``torch.distributed`` (NCCL for CUDA
+tensors, gloo for CPU tensors).
+
+Launched by ``torchrun --nproc_per_node N <entry script> ...`` (or multi-node with torchrun's
+rendezvous flags), every entry script joins the process group in :func:`setup` before it reads
+its command line, and the rest of the engine asks :func:`current` where it runs:
+
+* each rank reads its shard of the training set (``engine.data.TensorLoader`` with
+  ``DistributedSampler`` semantics: one shuffle shared by all ranks, padded to a multiple of the
+  world size, rank ``r`` takes every ``world_size``-th sample from ``r``) and of the test set;
+* ``--batch_size`` is per process, so the global batch is ``world_size x batch_size``;
+* the trainer averages the gradients of every trainable parameter over the ranks after each
+  backward (one all-reduce of one flat buffer per step: DDP's averaging with one bucket) and
+  keeps rank 0's BatchNorm buffers (as DDP's ``broadcast_buffers``); so all ranks hold the same
+  weights, and a step over N x B samples equals one process's step over those N x B samples
+  when the model has no BatchNorm in train mode (per-rank statistics otherwise, as DDP without
+  SyncBatchNorm);
+* evaluation is sharded and its counts are summed over the ranks;
+* only rank 0 writes: logs, TensorBoard, ``metrics.json``, checkpoints, results.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, List
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun (or another launcher) as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup() -> DistContext:
+    """Join the process group torchrun describes in the environment (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``); a single process does nothing."""
+    if launched() and not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return current()
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def current() -> DistContext:
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistContext()
+    return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def is_main() -> bool:
+    return current().is_main
+
+
+def barrier() -> None:
+    if current().enabled:
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the ranks, in place (unchanged in a single process)."""
+    if current().enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Replace each gradient by its mean over the ranks: one all-reduce of one flat buffer."""
+    ctx = current()
+    if not ctx.enabled:
+        return
+    grads: List[torch.Tensor] = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat.div_(ctx.world_size)
+    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
+
+
+def broadcast_state(modules: Iterable[torch.nn.Module], buffers_only: bool = False) -> None:
+    """Rank 0's parameters (unless ``buffers_only``) and buffers, on every rank."""
+    if not current().enabled:
+        return
+    for m in modules:
+        tensors = list(m.buffers()) if buffers_only else list(m.parameters()) + list(m.buffers())
+        for t in tensors:
+            dist.broadcast(t.data, 0)
+
+
+def shard(order: torch.Tensor, pad: bool) -> torch.Tensor:
+    """This rank's share of ``order``: every ``world_size``-th element from ``rank``; with
+    ``pad``, first padded (by repeating its start) to a multiple of the world size, so every rank
+    gets as many (``DistributedSampler``'s rule)."""
+    ctx = current()
+    if not ctx.enabled:
+        return order
+    if pad and len(order) % ctx.world_size:
+        extra = ctx.world_size - len(order) % ctx.world_size
+        order = torch.cat([order, order[:extra]])
+    return order[ctx.rank::ctx.world_size]
