@@ -69,3 +69,14 @@ def test_memory_bench_reports_a_peak_per_synthesizer_and_kd_method(tmp_path, cap
     import json
 
     assert len(json.loads(out.read_text())["rows"]) == 2
+
+
+def test_scaling_bench_compares_one_process_with_torchrun(tmp_path, capsys):
+    from bench import scaling
+
+    rows = scaling.main(["--nproc", "2", "--steps", "2", "--epochs", "2", "--batch", "8", "--json",
+                         str(tmp_path / "s.json")])
+    assert [r["nproc"] for r in rows] == [1, 2]
+    assert rows[0]["speedup"] == 1.0 and rows[1]["images_per_s"] > 0
+    assert rows[1]["images"] == 2 * rows[0]["images"]  # 2 processes of batch 8 read twice the images a step
+    assert "| 2 | 1 |" in capsys.readouterr().out
