@@ -132,8 +132,8 @@ def _table(rows: List[dict], device: str) -> str:
     what = "CUDA allocated" if device.startswith("cuda") else "resident set"
     lines = [f"| kind | name | setting | peak {what} (MB) | above the held memory (MB) |", "|---|---|---|---|---|"]
     for r in rows:
-        setting = (f"{r['setting']}, g_steps {r['g_steps']}, batch {r['batch']}" if r["kind"] == "synthesizer"
-                   else f"{r['pair']}, batch {r['batch']}")
+        setting = (f"{r['setting']} ({r['g_steps']} inner steps a round), batch {r['batch']}"
+                   if r["kind"] == "synthesizer" else f"{r['pair']}, batch {r['batch']}")
         lines.append(f"| {r['kind']} | {r['name']} | {setting} | {r['peak_mb']:.0f} | {r['work_mb']:.0f} |")
     return "\n".join(lines)
 
