@@ -26,7 +26,8 @@ from typing import Optional
 
 from engine.data import build_loader
 from engine.checkpoint import find_resume_path
-from engine.launch import Parser, add_common_args, apply_preset, given_flags, load_config, prepare_run, run_main
+from engine.launch import (Parser, add_common_args, apply_preset, given_flags, load_config, prepare_run,
+                           resume_after_restart, run_main)
 from engine.objective import CrossEntropyObjective
 from engine.preflight import UsageError, check_device, check_file, check_output_dir, check_resume, require_nonnegative, \
     require_positive
@@ -148,6 +149,7 @@ def check_args(args: argparse.Namespace) -> Optional[str]:
 def train(argv: Optional[list] = None) -> dict:
     """Train (or evaluate) a model; returns the metrics written to ``metrics.json``."""
     args = parse_args(argv)
+    resume_after_restart(args)
     spec = dataset_spec(args.dataset)
     resume = check_args(args)
     model = get_model(args.model, num_classes=spec.num_classes, in_chans=spec.in_chans)

@@ -86,6 +86,45 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _to_plain(o):
+    """Tensors as (bytes, dtype, shape), so an object crosses ``all_gather_object`` as plain data
+    (a pickled tensor is rebuilt through ``torch.load``, which refuses it there)."""
+    if isinstance(o, torch.Tensor):
+        t = o.detach().cpu().contiguous()
+        return ("__tensor__", t.numpy().tobytes(), str(t.dtype).split(".")[-1], tuple(t.shape))
+    if isinstance(o, dict):
+        return {k: _to_plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return type(o)(_to_plain(v) for v in o)
+    return o
+
+
+def _from_plain(o):
+    if isinstance(o, tuple) and len(o) == 4 and o[0] == "__tensor__":
+        _, data, dtype, shape = o
+        return torch.frombuffer(bytearray(data), dtype=getattr(torch, dtype)).reshape(shape).clone()
+    if isinstance(o, dict):
+        return {k: _from_plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return type(o)(_from_plain(v) for v in o)
+    return o
+
+
+def gather_objects(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in a single process)."""
+    ctx = current()
+    if not ctx.enabled:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, _to_plain(obj))
+    return [_from_plain(o) for o in out]
+
+
+def elastic_restart() -> int:
+    """How many times torchrun has restarted this job's workers (``--max-restarts``); 0 at first."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
 def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     """Replace each gradient by its mean over the ranks: one all-reduce of one flat buffer."""
     ctx = current()

@@ -179,12 +179,33 @@ def prepare_run(args: argparse.Namespace, name: str):
     if orphans:
         logger.info(f"removed {len(orphans)} temporary file(s) an interrupted save left behind: {', '.join(orphans)}")
     logger.info("command: " + " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]))
+    restart = getattr(args, "elastic_restart", 0)
+    if restart:
+        logger.info(f"torchrun restart {restart}: " + (f"continuing from the last checkpoint in {args.save_dir}"
+                                                        if getattr(args, "elastic_resumed", False) else
+                                                        "no checkpoint was written yet, so the run starts again"))
     ranks = f" | world_size {dist.world_size} (torchrun)" if dist.enabled else ""
     logger.info(f"device: {device} | torch {torch.__version__} | threads {torch.get_num_threads()}{ranks} | "
                 f"output: {os.path.abspath(args.save_dir)}")
     if dist.enabled:
         args.world_size = dist.world_size  # recorded in the checkpoints and metrics.json
     return device, logger, resume
+
+
+def resume_after_restart(args: argparse.Namespace) -> None:
+    """Under ``torchrun --max-restarts K``, workers that torchrun starts again (after one died)
+    run the same command line: they continue the run from its ``last.pt`` (``--resume``), or,
+    when the first attempt died before its first checkpoint, start it again (``--overwrite``)."""
+    restart = distributed.elastic_restart()
+    if restart == 0:
+        return
+    folder = args.save_dir
+    saved = os.path.isdir(folder) and any("last.pt" in files for _, _, files in os.walk(folder))
+    args.elastic_restart, args.elastic_resumed = restart, saved
+    if saved:
+        args.resume, args.overwrite = args.resume or "auto", False
+    else:
+        args.resume, args.overwrite = None, True
 
 
 def run_main(fn, argv: Optional[list] = None) -> int:

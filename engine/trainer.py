@@ -290,6 +290,7 @@ class Trainer:
             "epoch": epoch,
             "global_step": self.global_step,
             "rng": get_rng_state(),
+            "rng_ranks": distributed.gather_objects(get_rng_state()) if self.dist.enabled else None,
             "source": self.source.state_dict() if hasattr(self.source, "state_dict") else None,
             "args": self.args,
             "config": asdict(self.cfg),
@@ -311,7 +312,14 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         if ckpt.get("source") is not None and hasattr(self.source, "load_state_dict"):
             self.source.load_state_dict(ckpt["source"])
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks")
+        if self.dist.enabled and ranks is not None and len(ranks) == self.dist.world_size:
+            set_rng_state(ranks[self.dist.rank])  # every rank continues its own random stream
+        else:
+            set_rng_state(ckpt["rng"])
+            if self.dist.enabled:
+                self.logger.info(f"the checkpoint holds the RNG state of {len(ranks) if ranks else 1} rank(s), not "
+                                 f"{self.dist.world_size}: every rank continues from rank 0's")
         self.start_epoch = ckpt["epoch"] + 1
         self.global_step = ckpt["global_step"]
         self.history = list(ckpt["history"])

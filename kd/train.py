@@ -44,7 +44,8 @@ import torch.nn as nn  # noqa: E402
 
 from engine.checkpoint import export_weights, load_weights  # noqa: E402
 from engine.data import FixedSteps, build_loader  # noqa: E402
-from engine.launch import Parser, add_common_args, apply_preset, given_flags, load_config, prepare_run, run_main  # noqa: E402
+from engine.launch import (Parser, add_common_args, apply_preset, given_flags, load_config, prepare_run,  # noqa: E402
+                           resume_after_restart, run_main)
 from engine.logger import RunLogger  # noqa: E402
 from engine.objective import CrossEntropyObjective  # noqa: E402
 from engine.stages import Stage, run_stages  # noqa: E402
@@ -586,6 +587,7 @@ def run(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None, recipe
         args = parse_args(argv, prog, recipe)
         for method in args.methods:
             warn_unused(args, method)
+    resume_after_restart(args)
     check_args(args)
     ctx = RunContext(args)  # loads the test split: fails before anything is written
     for method in args.methods:

@@ -90,3 +90,96 @@ def test_a_data_free_run_under_torchrun_is_refused_in_one_line(tmp_path):
     assert lines and "data-free runs under torchrun are not supported yet" in lines[0]
     assert len(lines) == 1  # rank 0 says it; rank 1 stays quiet
     assert not (tmp_path / "df").exists()
+
+
+def _children(pid: int) -> list:
+    """The pids whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def test_a_torchrun_run_killed_mid_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    """SIGKILL one of 2 workers mid-run (torchrun then stops the other); the same torchrun line
+    with --resume continues from last.pt, every rank with its own RNG stream, and the final
+    student equals an uninterrupted 2-process run's."""
+    import signal
+    import time
+
+    from kdtools import digits_teacher_ckpt
+
+    ckpt = digits_teacher_ckpt(tmp_path / "models")
+
+    def argv(out):
+        return ["--dataset", "digits", "--teacher", "resnet8", "--path_t", ckpt, "--student", "lenet5_half_bn",
+                "--distill", "kd", "--epochs", "6", "--steps_per_epoch", "8", "--batch_size", "16", "--device", "cpu",
+                "--no_progress", "--save_dir", str(out)]
+
+    whole = torchrun(2, "kd/train.py", *argv(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "kd/train.py", *argv(tmp_path / "cut")]
+    agent = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "cut" / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and agent.poll() is None and not last.exists():
+        time.sleep(0.05)
+    workers = _children(agent.pid)
+    assert agent.poll() is None and len(workers) == 2, "the run ended before the kill; make it longer"
+    os.kill(max(workers), signal.SIGKILL)
+    agent.wait(timeout=300)
+    assert agent.returncode != 0
+    done = load_checkpoint(str(last))["epoch"]
+    assert done < 5  # it was stopped short of the end
+    again = torchrun(2, "kd/train.py", *argv(tmp_path / "cut"), "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    a = load_checkpoint(str(tmp_path / "whole" / "last.pt"))
+    b = load_checkpoint(str(tmp_path / "cut" / "last.pt"))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert len(b["rng_ranks"]) == 2 and not torch.equal(b["rng_ranks"][0]["torch"], b["rng_ranks"][1]["torch"])
+
+
+def test_a_worker_restarted_by_torchrun_continues_from_the_checkpoint(tmp_path, monkeypatch):
+    """What a worker does when torchrun (--max-restarts) starts it again: the same command line
+    resumes from last.pt, or starts again when the first attempt saved nothing (here in one
+    process with torchrun's restart counter set; a real gloo restart on CPU is not exercised)."""
+    import argparse
+
+    from engine.launch import resume_after_restart
+
+    args = argparse.Namespace(save_dir=str(tmp_path / "run"), resume=None, overwrite=True)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    resume_after_restart(args)
+    assert (args.resume, args.overwrite) == (None, True)  # the first attempt: as given
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    resume_after_restart(args)
+    assert (args.resume, args.overwrite) == (None, True)  # nothing saved yet: start again
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.pt").write_bytes(b"x")
+    resume_after_restart(args)
+    assert (args.resume, args.overwrite, args.elastic_restart) == ("auto", False, 1)
+
+    from kd import train as kdtrain
+    from kdtools import digits_teacher_ckpt, kd_cli
+
+    ckpt = digits_teacher_ckpt(tmp_path / "models")
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    assert kdtrain.main(kd_cli(whole, "--path_t", ckpt, "--epochs", "3", "--steps_per_epoch", "4")) == 0
+    assert kdtrain.main(kd_cli(cut, "--path_t", ckpt, "--epochs", "2", "--steps_per_epoch", "4")) == 0
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # the same line again, as a restarted worker runs it
+    assert kdtrain.main(kd_cli(cut, "--path_t", ckpt, "--epochs", "3", "--steps_per_epoch", "4")) == 0
+    assert "torchrun restart 1: continuing from the last checkpoint" in (cut / "log.txt").read_text()
+    a, b = load_checkpoint(str(whole / "last.pt")), load_checkpoint(str(cut / "last.pt"))
+    assert b["epoch"] == 2
