@@ -282,16 +282,6 @@ class FixedSteps:
         self._used = state["used"]
 
 
-def _single_process_only(what: str) -> None:
-    from engine.distributed import current
-
-    if current().enabled:
-        from engine.preflight import UsageError
-
-        raise UsageError(f"{what}: not sharded over torchrun's ranks yet; use the tensor pipeline "
-                         "(--pipeline tensor) or run one process")
-
-
 class WithIndex(torch.utils.data.Dataset):
     """``(x, y, index)`` items from a dataset of ``(x, y)`` (CRD's memory bank needs the index)."""
 
@@ -323,15 +313,40 @@ class _PILView(torch.utils.data.Dataset):
         return self.transform(img), int(self.data.labels[i])
 
 
+class _ShardSampler(torch.utils.data.Sampler):
+    """Under torchrun: this rank's share of one shuffle that every rank draws alike (the shared,
+    seeded ``generator``), padded for training as ``DistributedSampler`` pads."""
+
+    def __init__(self, n: int, train: bool, generator: torch.Generator):
+        self.n, self.train, self.generator = n, train, generator
+
+    def __iter__(self):
+        from engine.distributed import shard
+
+        order = torch.randperm(self.n, generator=self.generator) if self.train else torch.arange(self.n)
+        return iter(shard(order, pad=self.train).tolist())
+
+    def __len__(self) -> int:
+        from engine.distributed import current
+
+        ctx = current()
+        return -(-self.n // ctx.world_size) if self.train else len(range(ctx.rank, self.n, ctx.world_size))
+
+
 class PILLoader:
-    """A ``DataLoader`` over PIL transforms, with a seeded shuffle generator for resume."""
+    """A ``DataLoader`` over PIL transforms, with a seeded shuffle generator for resume (and,
+    under torchrun, a sampler that gives each rank its shard)."""
 
     def __init__(self, dataset, batch_size: int, train: bool, workers: int, seed: int = 0,
                  pin_memory: bool = False):
+        from engine.distributed import current
+
         self.generator = torch.Generator().manual_seed(seed)
+        sharded = current().enabled
+        sampler = _ShardSampler(len(dataset), train, self.generator) if sharded else None
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=train, num_workers=workers, pin_memory=pin_memory,
-            generator=self.generator, drop_last=False, persistent_workers=workers > 0)
+            dataset, batch_size=batch_size, shuffle=train and not sharded, sampler=sampler, num_workers=workers,
+            pin_memory=pin_memory, generator=self.generator, drop_last=False, persistent_workers=workers > 0)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -391,7 +406,6 @@ def build_loader(name: str, split: str, batch_size: int, device: torch.device, d
             return loader
         if pipeline != "pil":
             raise ValueError(f"pipeline must be 'tensor' or 'pil', got {pipeline!r}")
-        _single_process_only("--pipeline pil")
         spec = data.spec
         if flip is not None:
             from dataclasses import replace
@@ -401,7 +415,6 @@ def build_loader(name: str, split: str, batch_size: int, device: torch.device, d
         data = _PILView(data, folder_transform(spec, train))
     elif flip is not None and train:
         raise ValueError("overriding the horizontal flip is supported for tensor datasets only")
-    _single_process_only(f"{name} (a folder dataset, read through PIL)")
     if with_index:
         data = WithIndex(data)
     loader = PILLoader(data, batch_size, train, workers, seed=seed, pin_memory=device.type == "cuda")

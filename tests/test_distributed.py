@@ -51,6 +51,23 @@ def test_teacher_training_under_torchrun_writes_once_from_rank_0(tmp_path):
     assert 0 <= metrics["last_top1"] <= 100
 
 
+def test_the_pil_pipeline_shards_under_torchrun(tmp_path):
+    """The DataLoader path (folder datasets such as ImageNet use it) under 2 ranks: each reads
+    half of the training set a pass, the test set is evaluated once in all."""
+    out = tmp_path / "pil"
+    r = torchrun(2, "cifar100.py", "--quick", "--epochs", "1", "--pipeline", "pil", "--workers", "0", "--save_dir",
+                 str(out), "--no_progress", "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    from registry.datasets import get_dataset
+
+    n = len(get_dataset("digits", "train").labels)
+    batch = m["args"]["batch_size"]
+    assert m["history"][0]["steps"] == -(-(-(-n // 2)) // batch)  # ceil(ceil(n / 2) / batch) steps per rank
+    assert m["history"][0]["samples"] == 2 * (-(-n // 2))  # both ranks' shards, padded to equal size
+    assert (out / "log.txt").read_text().count("epoch 1/1 |") == 1
+
+
 def test_two_ranks_of_batch_b_take_the_steps_of_one_process_of_batch_2b(tmp_path):
     """KD of a BatchNorm-free student (LeNet-5-half) from a teacher in eval mode, no augmentation
     (digits): the gradient mean over 2 x B equals the one over 2B, so the weights agree to float
