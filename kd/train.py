@@ -638,12 +638,6 @@ def check_args(args: argparse.Namespace) -> None:
                          f"{' '.join(args.methods)}); each run's folder holds its best.pt and last.pt")
     check_file("teacher_ckpt", args.teacher_ckpt, "checkpoint")
     check_file("s_init", args.s_init, "checkpoint")
-    from engine.distributed import launched
-
-    banked = [m for m in args.methods if m not in list_modes() and get_distiller_class(m).needs_index]
-    if launched() and banked:
-        raise UsageError(f"--distill {' '.join(banked)} under torchrun: its memory bank over the training set is not "
-                         "shared across ranks yet; run one process")
 
 
 def resume_checks(args: argparse.Namespace) -> None:

@@ -100,6 +100,27 @@ def test_two_ranks_of_batch_b_take_the_steps_of_one_process_of_batch_2b(tmp_path
     assert b["args"]["world_size"] == 2
 
 
+def test_crds_memory_bank_takes_every_ranks_rows(tmp_path):
+    """CRD under 2 ranks: each step writes both ranks' embeddings into the memory bank, so the
+    bank rank 0 saves has every sample both ranks visited updated (unit rows), not only its own."""
+    from kdtools import digits_teacher_ckpt
+    from registry.datasets import get_dataset
+
+    ckpt = digits_teacher_ckpt(tmp_path / "models")
+    out = tmp_path / "crd"
+    r = torchrun(2, "kd/train.py", "--dataset", "digits", "--teacher", "resnet8", "--path_t", ckpt, "--student",
+                 "lenet5_half_bn", "--distill", "crd", "--epochs", "1", "--steps_per_epoch", "3", "--batch_size", "16",
+                 "--nce_k", "64", "--device", "cpu", "--no_progress", "--save_dir", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    bank = load_checkpoint(str(out / "last.pt"))["modules"]["crd_memory"]["memory_s"]
+    n = len(get_dataset("digits", "train").labels)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))  # the shared shuffle of the first pass
+    seen = torch.cat([order[0::2][:48], order[1::2][:48]])  # 3 steps of 16 on each rank
+    norms = bank.norm(dim=1)
+    assert torch.allclose(norms[seen], torch.ones(96), atol=1e-5)  # rank 1's rows are in rank 0's bank too
+    assert len(set(seen.tolist())) == 96
+
+
 def test_a_data_free_run_under_torchrun_is_refused_in_one_line(tmp_path):
     r = torchrun(2, "kd/faster_data_free_kd.py", "--quick", "--save_dir", str(tmp_path / "df"), timeout=200)
     assert r.returncode != 0

@@ -42,6 +42,11 @@ Deviations, both on purpose:
 * the CRD head (embeddings, scores, loss) runs in float32 even under autocast: the scores
   reach ``exp(1/0.07) ~ 1.6e6``, beyond float16.
 
+Under torchrun (RD runs one process): every step writes every rank's anchors into the memory
+banks (an all-gather of the embeddings and indices), so all ranks hold the same banks, as one
+process over the global batch would; ``Z`` is fixed from the scores' mean over every rank's
+batch. Each rank draws its own negatives.
+
 The anchor's class comes from the training labels (``DataInfo.labels``, loader index order),
 not from the batch labels, so mixed (SaliencyMix) targets do not matter. Batches must carry
 the sample index (``needs_index``).
@@ -93,6 +98,36 @@ def fix_normaliser(z: torch.Tensor, scores: torch.Tensor, n_data: int) -> torch.
     then kept; returns the value in use. Runs on the device: no host sync."""
     z.copy_(torch.where(z < 0, scores.mean() * n_data, z))
     return z.clone()
+
+
+def _global_mean(scores: torch.Tensor) -> torch.Tensor:
+    """Under torchrun, the scores' mean over every rank's batch (a 1-element tensor whose mean
+    is that value), so every rank fixes the same ``Z``; ``scores`` itself in a single process."""
+    from engine import distributed
+
+    ctx = distributed.current()
+    if not ctx.enabled:
+        return scores
+    return (distributed.all_reduce_sum(scores.mean().reshape(1)) / ctx.world_size)
+
+
+def _from_every_rank(*tensors: torch.Tensor):
+    """Under torchrun, each tensor concatenated over the ranks (equal batch sizes: the samplers
+    pad every shard alike), so every rank writes every rank's rows into its memory bank and the
+    banks stay identical; the tensors themselves in a single process."""
+    from engine import distributed
+
+    ctx = distributed.current()
+    if not ctx.enabled:
+        return tensors
+    import torch.distributed as dist
+
+    out = []
+    for t in tensors:
+        parts = [torch.empty_like(t) for _ in range(ctx.world_size)]
+        dist.all_gather(parts, t.contiguous())
+        out.append(torch.cat(parts))
+    return tuple(out)
 
 
 @torch.no_grad()
@@ -208,8 +243,9 @@ class CRD(Distiller):
             idx = mem.contrast_indices(index, o.nce_k, o.crd_mode)
             score_s = contrast_scores(mem.memory_t, v_s, idx, o.nce_t)  # student anchor, teacher memory
             score_t = contrast_scores(mem.memory_s, v_t, idx, o.nce_t)  # teacher anchor, student memory
-            p_s = score_s / fix_normaliser(mem.z_s, score_s.detach(), mem.n_data)
-            p_t = score_t / fix_normaliser(mem.z_t, score_t.detach(), mem.n_data)
-            update_memory(mem.memory_s, v_s, index, o.nce_m)
-            update_memory(mem.memory_t, v_t, index, o.nce_m)
+            p_s = score_s / fix_normaliser(mem.z_s, _global_mean(score_s.detach()), mem.n_data)
+            p_t = score_t / fix_normaliser(mem.z_t, _global_mean(score_t.detach()), mem.n_data)
+            v_s_all, v_t_all, index_all = _from_every_rank(v_s.detach(), v_t.detach(), index)
+            update_memory(mem.memory_s, v_s_all, index_all, o.nce_m)
+            update_memory(mem.memory_t, v_t_all, index_all, o.nce_m)
             return {"crd_s": nce_loss(p_s, mem.n_data), "crd_t": nce_loss(p_t, mem.n_data)}
