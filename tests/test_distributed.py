@@ -121,6 +121,28 @@ def test_crds_memory_bank_takes_every_ranks_rows(tmp_path):
     assert len(set(seen.tolist())) == 96
 
 
+@pytest.mark.parametrize("method,extra", [("dml", []), ("byot", []), ("hint", ["--init_epochs", "1",
+                                                                               "--hint_stages", "2"])])
+def test_peers_branches_and_two_stage_methods_run_under_torchrun(tmp_path, method, extra):
+    """DML's peers, BYOT's branches and FitNet's init stage (its regressor) under 2 ranks: the
+    run finishes, every stage logs once per epoch and records world_size 2."""
+    from kdtools import digits_teacher_ckpt
+
+    ckpt = digits_teacher_ckpt(tmp_path / "models", arch="lenet5_bn")
+    student = "resnet8" if method == "byot" else "lenet5_half_bn"
+    out = tmp_path / method
+    r = torchrun(2, "kd/train.py", "--dataset", "digits", "--teacher", "lenet5_bn", "--path_t", ckpt, "--student",
+                 student, "--distill", method, *extra, "--epochs", "2", "--steps_per_epoch", "3", "--batch_size", "16",
+                 "--device", "cpu", "--no_progress", "--save_dir", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    stages = [out] + ([out / "init"] if extra else [])
+    for stage in stages:
+        m = json.loads((stage / "metrics.json").read_text())
+        assert m["status"] == "finished" and m["args"]["world_size"] == 2
+        assert [h["samples"] for h in m["history"]][-1] == 2 * 3 * 16  # both ranks' batches counted
+    assert (out / "log.txt").read_text().count("epoch 2/2 |") == 1
+
+
 def test_a_data_free_run_under_torchrun_is_refused_in_one_line(tmp_path):
     r = torchrun(2, "kd/faster_data_free_kd.py", "--quick", "--save_dir", str(tmp_path / "df"), timeout=200)
     assert r.returncode != 0
