@@ -499,18 +499,18 @@ class Trainer:
             kept = self.last_path if os.path.exists(self.last_path) else None
             where = (f"{kept} (epoch {epoch}; this batch source cannot continue mid-epoch, so --resume redoes "
                      f"epoch {epoch + 1})" if kept else "none (stopped in the first epoch)")
-        msg = f"stopped by {name} at epoch {epoch + 1} step {steps}; checkpoint: {where}; --resume continues"
-        self.logger.info(msg)
-        self.logger.write_json("metrics.json", self._metrics(status="interrupted", message=msg))
-        self.logger.flush()
-        raise Interrupted(msg, signum)
+        self._interrupted(f"stopped by {name} at epoch {epoch + 1} step {steps}; checkpoint: {where}; "
+                          "--resume continues", signum)
 
     def _stop_between_epochs(self, epoch: int) -> None:
         """A stop signal arrived after an epoch's last step (or in a warm-up epoch, which has no
         steps): that epoch's ``last.pt`` is the checkpoint."""
         signum = self.stop_signals.received
-        msg = (f"stopped by {signal.Signals(signum).name} after epoch {epoch}; checkpoint: {self.last_path} "
-               f"(epoch {epoch}); --resume continues")
+        self._interrupted(f"stopped by {signal.Signals(signum).name} after epoch {epoch}; checkpoint: "
+                          f"{self.last_path} (epoch {epoch}); --resume continues", signum)
+
+    def _interrupted(self, msg: str, signum: int) -> None:
+        """Log the stop, mark ``metrics.json`` interrupted and raise :class:`Interrupted`."""
         self.logger.info(msg)
         self.logger.write_json("metrics.json", self._metrics(status="interrupted", message=msg))
         self.logger.flush()
