@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from datafree import SynthesisConfig, get_synthesizer_class
 from datafree.source import DataFreeSource
+from engine import distributed
 from engine.logger import RunLogger
 from engine.preflight import probe_models
 from engine.trainer import TrainConfig, Trainer
@@ -113,9 +114,10 @@ def build_trainer(teacher: nn.Module, student: nn.Module, method: str, syn: Synt
     teacher.requires_grad_(False)
     student = student.to(device)
     synth = get_synthesizer_class(method)(teacher, student, syn, device)
-    if synth.uses_pool:
-        synth.pool.persist_dir = os.path.join(train.save_dir, "pool")
-        synth.pool.spill_dir = synth.pool.spill_dir or os.path.join(train.save_dir, "pool_spill")
+    if synth.uses_pool:  # under torchrun each rank's pool shard has its own folders
+        shard = [f"rank{distributed.current().rank}"] if distributed.current().enabled else []
+        synth.pool.persist_dir = os.path.join(train.save_dir, "pool", *shard)
+        synth.pool.spill_dir = os.path.join(synth.pool.spill_dir or os.path.join(train.save_dir, "pool_spill"), *shard)
     if init_images is not None:
         if not synth.uses_pool:
             raise ValueError(f"--cmi_init: {method} draws fresh generator batches and keeps no image pool")

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from datafree.losses import BNStatLoss, masked_adversarial_kl
 from datafree.pool import ImagePool
+from engine import distributed
 from engine.data import BatchAugment, Normalize, RandomResizedCrop
 from engine.utils import optimizer_impl, synchronize
 
@@ -116,7 +117,9 @@ class BestBatch:
 
     @torch.no_grad()
     def update(self, loss: torch.Tensor, *tensors: torch.Tensor) -> None:
-        loss = loss.detach()
+        """``loss`` is this rank's; under torchrun the ranks' mean (the global batch's loss) is
+        compared, so every rank keeps the batch of the same inner step."""
+        loss = distributed.mean_over_ranks(loss.detach())
         if self.loss is None or self.keep_last:
             self.loss, self.tensors = loss, [t.detach().clone() for t in tensors]
         else:
@@ -193,7 +196,9 @@ class Synthesizer:
         # schedules are given in epochs and fire at exact rounds for any rounds per epoch
         self.rounds_per_epoch, self.round_in_epoch = 1, 0
         gb = lambda v: None if v is None else int(v * 2**30)  # noqa: E731
-        self.pool = ImagePool(self.device, cfg.pool_storage, cfg.pool_capacity, seed=cfg.seed,
+        # under torchrun each rank keeps its own pool shard, shuffled by its own stream
+        self.pool = ImagePool(self.device, cfg.pool_storage, cfg.pool_capacity,
+                              seed=cfg.seed + 1_000_003 * distributed.current().rank,
                               device_bytes=gb(cfg.pool_device_gb), host_bytes=gb(cfg.pool_host_gb),
                               spill_dir=cfg.pool_spill_dir)
         self.bn_loss: Optional[BNStatLoss] = None
@@ -232,7 +237,8 @@ class Synthesizer:
         was = self.teacher.training
         self.teacher.eval()
         try:
-            logits = self.teacher(self.normalize(images.to(self.device).float()))
+            dtype = next(self.teacher.parameters()).dtype
+            logits = self.teacher(self.normalize(images.to(self.device, dtype)))
         finally:
             self.teacher.train(was)
         return logits.argmax(1).tolist()
@@ -252,6 +258,10 @@ class Synthesizer:
     def pop_sample_time(self) -> float:
         """Synthesis work done inside ``sample`` since the last call (generative methods)."""
         return 0.0
+
+    # the entries of state_dict() that differ between ranks under torchrun (each rank's pool shard,
+    # latents, memory bank); the rest (generator, optimisers, BN-statistics EMA) is the same on all
+    RANK_STATE: ClassVar[FrozenSet[str]] = frozenset({"pool"})
 
     def state_dict(self) -> dict:
         return {"pool": self.pool.state_dict(), "bn": self.bn_loss.state_dict() if self.bn_loss else None}
@@ -273,7 +283,9 @@ class Synthesizer:
     def prepare_generator(self, generator: nn.Module, compile: bool = True) -> nn.Module:
         """Move a generator to the device in the configured memory format; compile it when
         ``cfg.compile`` (and ``compile``: a module that is deep-copied must stay uncompiled)."""
-        generator = generator.to(self.device)
+        # under torchrun the generator's BatchNorm normalises with the global batch's statistics
+        generator = distributed.global_batchnorm(generator).to(self.device)
+        distributed.broadcast_state([generator])  # every rank starts from rank 0's generator
         if self.channels_last:
             generator = generator.to(memory_format=torch.channels_last)
         if self.cfg.compile and compile:
@@ -285,6 +297,43 @@ class Synthesizer:
         nothing for them; the reference leaves them on, notes §6 item 13)."""
         if self.bn_loss is not None:
             self.bn_loss.set_enabled(enabled)
+
+    def noise(self, *shape: int) -> torch.Tensor:
+        """The random start of a batch (latent codes; DeepInversion's pixels), N(0, 1) on the
+        device; under torchrun each rank draws its own from its own stream."""
+        return torch.randn(shape, device=self.device)
+
+    def sample_classes(self, n: int) -> torch.Tensor:
+        """The classes a batch of ``n`` is synthesized as (:func:`sample_targets`)."""
+        return sample_targets(n, self.cfg.num_classes, self.cfg.balanced_targets, self.device)
+
+    def sync_grads(self, shared: Iterable[torch.Tensor], local: Iterable[torch.Tensor] = ()) -> None:
+        """After a backward under torchrun, turn each rank's gradients into those of the global
+        batch's loss (the mean of the ranks' losses): the ``shared`` tensors (generator, heads:
+        the same on every rank) get the ranks' mean, the ``local`` ones (this rank's latents or
+        images) are divided by the world size. The BN-statistics and class-balance terms are
+        global already (their all-reduce back-propagates the sum), so N ranks x B images
+        take the update one process takes with N x B. A single process: nothing."""
+        ctx = distributed.current()
+        if not ctx.enabled:
+            return
+        distributed.average_gradients(list(shared))
+        for t in local:
+            if t.grad is not None:
+                t.grad.div_(ctx.world_size)
+
+    def synced_grads(self, grads: Sequence[torch.Tensor], n_shared: int) -> List[torch.Tensor]:
+        """:meth:`sync_grads` for a list of gradients in the autograd graph (second-order MAML):
+        the first ``n_shared`` are averaged with a differentiable all-reduce, the rest divided."""
+        ctx = distributed.current()
+        if not ctx.enabled:
+            return list(grads)
+        shared = list(grads[:n_shared])
+        out: List[torch.Tensor] = []
+        if shared:
+            flat = distributed.sum_over_ranks(torch.cat([g.reshape(-1) for g in shared])) / ctx.world_size
+            out = [f.view_as(g) for f, g in zip(torch.split(flat, [g.numel() for g in shared]), shared)]
+        return out + [g / ctx.world_size for g in grads[n_shared:]]
 
     def bn_term(self) -> Dict[str, torch.Tensor]:
         """``{"bn": bn * sum_l r_l}`` from the teacher's last forward, or nothing if bn = 0."""

@@ -29,10 +29,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datafree.base import BestBatch, Synthesizer, SynthesisConfig, sample_targets
+from datafree.base import BestBatch, Synthesizer, SynthesisConfig
 from datafree.generator import Generator
 from engine.data import RandomResizedCrop
 from engine.hooks import parse_tap, resolve_module
+from engine.utils import at_least_fp32
 
 
 class ProjectionHead(nn.Module):
@@ -77,6 +78,7 @@ def reinit_generator(g: nn.Module) -> None:
 
 class CMISynthesizer(Synthesizer):
     adv_warmup = False  # the adversarial term from the first round
+    RANK_STATE = Synthesizer.RANK_STATE | {"bank"}  # torchrun: each rank contrasts with its own bank
     reads = frozenset({"nz", "ngf", "cr", "cr_T", "cmi_layers", "balanced_targets", "keep"})
 
     def __init__(self, teacher: nn.Module, student: nn.Module, cfg: SynthesisConfig, device: torch.device):
@@ -107,7 +109,7 @@ class CMISynthesizer(Synthesizer):
         def hook(_m, inputs, output):
             if not self._hooks_on:
                 return
-            self._means[name] = (inputs[0] if side == "in" else output).float().mean(dim=(2, 3))
+            self._means[name] = at_least_fp32(inputs[0] if side == "in" else output).mean(dim=(2, 3))
 
         return hook
 
@@ -133,8 +135,8 @@ class CMISynthesizer(Synthesizer):
         with self.synthesis() as timer:
             reinit_generator(self.generator)
             self.generator.train()
-            z = torch.randn(cfg.batch_size, cfg.nz, device=self.device, requires_grad=True)
-            targets = sample_targets(cfg.batch_size, cfg.num_classes, cfg.balanced_targets, self.device).sort()[0]
+            z = self.noise(cfg.batch_size, cfg.nz).requires_grad_(True)
+            targets = self.sample_classes(cfg.batch_size).sort()[0]
             opt = self.adam([{"params": self.generator.parameters()}, {"params": [z]}], cfg.lr_g, (0.5, 0.999))
             best, losses = BestBatch(cfg.keep), {}
             for _ in self.inner_steps(range(cfg.g_steps)):
@@ -153,6 +155,7 @@ class CMISynthesizer(Synthesizer):
                 opt.zero_grad(set_to_none=True)
                 self.head_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                self.sync_grads(list(self.generator.parameters()) + list(self.head.parameters()), [z])
                 opt.step()
                 self.head_optimizer.step()
             images, feats = best.tensors

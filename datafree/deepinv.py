@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from datafree.base import BestBatch, Synthesizer, SynthesisConfig, sample_targets
+from datafree.base import BestBatch, Synthesizer, SynthesisConfig
 from datafree.losses import BNStatLoss, js_divergence, total_variation
 
 
@@ -67,9 +67,8 @@ class DeepInversionSynthesizer(Synthesizer):
     def synthesize(self, epoch: int) -> Dict[str, float]:
         cfg = self.cfg
         with self.synthesis() as timer:
-            x = torch.randn(cfg.batch_size, cfg.nc, cfg.img_size, cfg.img_size, device=self.device,
-                            requires_grad=True)
-            targets = sample_targets(cfg.batch_size, cfg.num_classes, cfg.balanced_targets, self.device).sort()[0]
+            x = self.noise(cfg.batch_size, cfg.nc, cfg.img_size, cfg.img_size).requires_grad_(True)
+            targets = self.sample_classes(cfg.batch_size).sort()[0]
             opt = self.adam([x], cfg.lr_g, (0.5, 0.99))
             best, losses = BestBatch(cfg.keep), {}
             best.update(torch.tensor(float("inf"), device=self.device), x)
@@ -94,6 +93,7 @@ class DeepInversionSynthesizer(Synthesizer):
                 best.update(loss, x)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                self.sync_grads((), [x])  # torchrun: the global batch's gradient of this rank's images
                 opt.step()
                 with torch.no_grad():
                     x.data = torch.maximum(torch.minimum(x.data, self.hi), self.lo)

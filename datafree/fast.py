@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from datafree.base import BestBatch, Synthesizer, SynthesisConfig, build_generator, sample_targets
+from datafree.base import BestBatch, Synthesizer, SynthesisConfig, build_generator
 
 
 class FastSynthesizer(Synthesizer):
@@ -30,7 +30,7 @@ class FastSynthesizer(Synthesizer):
 
     def new_latent(self) -> torch.Tensor:
         shape = self.generator.latent_shape(self.cfg.batch_size)
-        return torch.randn(shape, device=self.device, requires_grad=True)
+        return self.noise(*shape).requires_grad_(True)
 
     def inner_loop(self, generator: nn.Module, z: torch.Tensor, targets: torch.Tensor, epoch: int,
                    after_backward: Optional[Callable[[int], None]] = None
@@ -50,6 +50,7 @@ class FastSynthesizer(Synthesizer):
             best.update(loss, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            self.sync_grads(generator.parameters(), [z])  # torchrun: the global batch's gradients
             if after_backward is not None:
                 after_backward(k)
             opt.step()
@@ -68,7 +69,7 @@ class FastSynthesizer(Synthesizer):
 
     def latents(self, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """A fresh learnable latent batch and its targets for this round."""
-        y = sample_targets(self.cfg.batch_size, self.cfg.num_classes, self.cfg.balanced_targets, self.device)
+        y = self.sample_classes(self.cfg.batch_size)
         return self.new_latent(), y
 
     def synthesize(self, epoch: int) -> Dict[str, float]:

@@ -44,8 +44,9 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from datafree.base import BestBatch, SynthesisConfig, sample_targets
+from datafree.base import BestBatch, SynthesisConfig
 from datafree.fast import FastSynthesizer
+from engine import distributed
 
 REPTILE_SCALE = 67.0  # Fast-Datafree's hard-coded Reptile factor
 
@@ -99,6 +100,7 @@ def _accumulate(p: torch.Tensor, g: Optional[torch.Tensor]) -> None:
 
 class FastMetaSynthesizer(FastSynthesizer):
     generator_runs_inner_loop = False
+    RANK_STATE = FastSynthesizer.RANK_STATE | {"z"}  # meta_z: each rank's own latent batch
     reads = FastSynthesizer.reads | {"is_maml", "meta_z", "lr_g_meta", "lr_z_meta", "z_reinit", "reptile_scale",
                                      "maml_truncate"}
 
@@ -121,8 +123,10 @@ class FastMetaSynthesizer(FastSynthesizer):
         if cfg.maml_truncate is not None and cfg.maml_truncate < 0:
             raise ValueError(f"--maml_truncate must be >= 0 inner steps, got {cfg.maml_truncate}")
         self.z: Optional[torch.Tensor] = None
-        if cfg.meta_z:
-            self.z = torch.randn(self.generator.latent_shape(cfg.batch_size), device=self.device, requires_grad=True)
+        if cfg.meta_z:  # under torchrun each rank draws its own (the generator's weights are rank 0's)
+            self.z = torch.randn(self.generator.latent_shape(cfg.batch_size), device=self.device,
+                                 generator=distributed.rank_generator(self.device))
+            self.z.requires_grad_(True)
         self.meta_optimizer = self.build_meta_optimizer()
         # the inner loop's G': one persistent module that takes G's weights at every round start
         # (the reference deep-copies G each round; same values, no allocation, compiled once)
@@ -146,7 +150,7 @@ class FastMetaSynthesizer(FastSynthesizer):
             with torch.no_grad():
                 self.z.normal_()
             self.meta_optimizer = self.build_meta_optimizer()
-        targets = sample_targets(cfg.batch_size, cfg.num_classes, cfg.balanced_targets, self.device)
+        targets = self.sample_classes(cfg.batch_size)
         return self.z.detach().clone().requires_grad_(True), targets
 
     def run_round(self, z: torch.Tensor, targets: torch.Tensor, epoch: int):
@@ -208,12 +212,14 @@ class FastMetaSynthesizer(FastSynthesizer):
                 break
             grads = torch.autograd.grad(loss, state, create_graph=differentiable, allow_unused=True)
             grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, state)]
+            grads = self.synced_grads(grads, len(names))  # torchrun: the global batch's, in the graph
             new = [adam_step(t, g, mk, vk, k + 1, lr) for t, g, mk, vk, lr in zip(state, grads, m, v, lrs)]
             state, m, v = (list(c) for c in zip(*new))
         leaves = list(params.values()) + ([self.z] if self.z is not None else [])
         meta = torch.autograd.grad(loss, leaves, allow_unused=True)
         for p, g in zip(leaves, meta):
             p.grad = None if g is None else g.detach()
+        self.sync_grads(params.values(), [self.z] if self.z is not None else [])
         return best.tensors[0], best.loss, losses
 
     def state_dict(self) -> dict:

@@ -33,7 +33,7 @@ from datafree.base import Synthesizer, SynthesisConfig
 from datafree.generator import Generator
 from datafree.losses import activation_loss, balance_loss
 from engine.hooks import FeatureTaps
-from engine.utils import DeviceTimer
+from engine.utils import DeviceTimer, at_least_fp32
 from kd.losses import kd_kl_div
 
 def penultimate_spec(model: nn.Module) -> str:
@@ -69,7 +69,7 @@ class GenerativeSynthesizer(Synthesizer):
         with self.synthesis() as timer:
             self.generator.train()
             for _ in self.inner_steps(range(max(cfg.g_steps, 1))):
-                z = torch.randn(cfg.batch_size, cfg.nz, device=self.device)
+                z = self.noise(cfg.batch_size, cfg.nz)
                 with self.autocast():
                     x = self.generator(z)
                     x_n = self.normalize(x)
@@ -87,6 +87,7 @@ class GenerativeSynthesizer(Synthesizer):
                 loss = sum(losses.values())
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                self.sync_grads(self.generator.parameters())  # torchrun: the global batch's gradient
                 self.optimizer.step()
             self.last_images = x.detach()
         out = {"syn_time": timer.elapsed, "syn_loss": loss.item()}
@@ -98,9 +99,9 @@ class GenerativeSynthesizer(Synthesizer):
         """A fresh batch from G (train mode, as the reference), normalised, no augmentation.
         Its cost is synthesis time (as the reference counts it), read by :meth:`pop_sample_time`."""
         t = self.sample_timer.start()
-        z = torch.randn(n, self.cfg.nz, device=self.device)
+        z = self.noise(n, self.cfg.nz)
         with self.autocast():
-            x = self.normalize(self.generator(z)).float()
+            x = at_least_fp32(self.normalize(self.generator(z)))
         self.sample_timer.stop(t)
         return x
 

@@ -12,6 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine import distributed
+from engine.utils import at_least_fp32
+
 
 def masked_adversarial_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Fast-Datafree's adversarial term: -(1/N) sum_i 1[argmax s_i = argmax t_i] KL(p_t,i || p_s,i)
@@ -47,8 +50,10 @@ def activation_loss(features: torch.Tensor) -> torch.Tensor:
 
 def balance_loss(teacher_logits: torch.Tensor) -> torch.Tensor:
     """DAFL's information-entropy term sum_c p_bar_c log p_bar_c, with p_bar the batch-mean
-    teacher softmax; minimising it spreads samples evenly over the classes."""
-    p_bar = F.softmax(teacher_logits, dim=1).mean(0)
+    teacher softmax; minimising it spreads samples evenly over the classes. Under torchrun
+    p_bar is the mean over the global batch (every rank draws the same batch size)."""
+    p = F.softmax(teacher_logits, dim=1)
+    p_bar = distributed.sum_over_ranks(p.sum(0)) / (p.shape[0] * distributed.current().world_size)
     return (p_bar * torch.log(p_bar + 1e-12)).sum()
 
 
@@ -83,22 +88,31 @@ class BNStatHook:
         self.ema_mean: Optional[torch.Tensor] = None
         self.ema_var: Optional[torch.Tensor] = None
         self._last_mean = self._last_var = None
+        self.batch: Optional[tuple] = None  # under torchrun: this rank's (mean, var, count), awaiting the merge
         self.enabled = True
         self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module, inputs, output):
         if not self.enabled:
             return
-        x = inputs[0].float()
+        x = at_least_fp32(inputs[0])
         mean = x.mean(dim=(0, 2, 3))
         var = x.permute(1, 0, 2, 3).reshape(x.shape[1], -1).var(1, unbiased=False)
+        if distributed.current().enabled:  # the global batch's statistics: BNStatLoss.value() merges them
+            self.batch, self.loss = (mean, var, x.numel() // x.shape[1]), None
+        else:
+            self.finish(mean, var)
+
+    def finish(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Set :attr:`loss` from the batch statistics ``mean`` / ``var`` (this rank's, or under
+        torchrun the global batch's)."""
         self._last_mean, self._last_var = mean.detach(), var.detach()
         if self.momentum > 0 and self.ema_mean is not None:
             m = self.momentum
             mean = (1 - m) * mean + m * self.ema_mean
             var = (1 - m) * var + m * self.ema_var
-        self.loss = (torch.linalg.vector_norm(module.running_var - var)
-                     + torch.linalg.vector_norm(module.running_mean - mean))
+        self.loss = (torch.linalg.vector_norm(self.module.running_var - var)
+                     + torch.linalg.vector_norm(self.module.running_mean - mean))
 
     @torch.no_grad()
     def update_momentum(self) -> None:
@@ -134,6 +148,15 @@ class BNStatLoss:
                 "undefined; use --bn 0 (and rely on --oh/--adv), or a teacher with BatchNorm")
 
     def value(self) -> torch.Tensor:
+        """sum_l r_l of the last forward. Under torchrun the statistics are first merged over the
+        ranks (one differentiable all-reduce for every layer), so r_l is that of the global batch
+        of N ranks x B images, as one process with N x B would compute it."""
+        pending = [h for h in self.hooks if h.loss is None and h.batch is not None]
+        if pending:
+            merged = distributed.global_moments([h.batch[:2] for h in pending], [h.batch[2] for h in pending])
+            for h, (mean, var, _) in zip(pending, merged):
+                h.finish(mean, var)
+                h.batch = None
         return sum(h.loss for h in self.hooks)
 
     def set_enabled(self, enabled: bool) -> None:

@@ -178,7 +178,8 @@ class ImagePool:
         return x.to(torch.float16)
 
     def _decode(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float().div_(255) if self.storage == "uint8" else x.float()
+        dtype = torch.get_default_dtype()  # float32 unless a caller asked for another
+        return x.to(dtype).div_(255) if self.storage == "uint8" else x.to(dtype)
 
     def _write(self, slots: torch.Tensor, enc: torch.Tensor) -> None:
         """Store ``enc`` at global ``slots`` (a CPU index tensor), tier by tier."""

@@ -16,6 +16,7 @@ from typing import Dict, Iterable, Iterator, Optional
 
 import torch
 
+from engine import distributed
 from engine.trainer import SourceDiverged
 
 
@@ -71,30 +72,48 @@ class DataFreeSource:
                     yield self.synth.sample(self.batch_size)
         self._position = None
         sums["syn_time"] = sums.get("syn_time", 0.0) + self.synth.pop_sample_time()
+        sums = self._over_ranks(sums)
         self.syn_time_total += sums["syn_time"]
-        self._stats = {k: (v if k == "syn_time" else v / max(self.rounds, 1)) for k, v in sums.items()}
+        self._stats = {k: (v if k in ("syn_time", "syn_images") else v / max(self.rounds, 1)) for k, v in sums.items()}
         self._stats["syn_time_total"] = self.syn_time_total
         self._stats["source_time"] = sums.get("syn_time", 0.0)
-        self._stats["syn_images"] = float(len(self.synth.pool)) if self.synth.uses_pool else 0.0
         self._save_grid()
+
+    def _over_ranks(self, sums: Dict[str, float]) -> Dict[str, float]:
+        """The epoch's synthesis figures for the log: under torchrun, the ranks' means (each
+        rank's losses are those of its share of the batch), and ``syn_images`` summed over the
+        ranks' pool shards."""
+        sums = dict(sums)
+        sums["syn_images"] = float(len(self.synth.pool)) if self.synth.uses_pool else 0.0
+        ctx = distributed.current()
+        if not ctx.enabled:
+            return sums
+        names = sorted(sums)
+        total = distributed.all_reduce_sum(torch.tensor([sums[k] for k in names], dtype=torch.float64)).tolist()
+        return {k: v if k == "syn_images" else v / ctx.world_size for k, v in zip(names, total)}
 
     def _check_finite(self, stats: Dict[str, float], r: int) -> None:
         """A synthesis round whose loss or learned tensors (generator, latents) are no longer
         finite stops the run (:class:`engine.trainer.SourceDiverged`) before its images reach a
         KD step or a checkpoint: the last good checkpoint stays the one on disk."""
         bad = [k for k, v in stats.items() if k.startswith("syn_") and isinstance(v, float) and not math.isfinite(v)]
-        if not bad:
+        finite = not bad
+        if finite:
             tensors = [t for t in self.synth.learned_tensors() if t.is_floating_point()]
-            if not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
-                return
+            finite = not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+        if distributed.current().enabled:  # the ranks stop together, or none does
+            finite = distributed.all_reduce_sum(torch.tensor([0.0 if finite else 1.0])).item() == 0
+        if finite:
+            return
         what = (f"synthesis {', '.join(f'{k} {stats[k]}' for k in bad)}" if bad
-                else "the synthesizer's generator or latents are no longer finite")
+                else "the synthesizer's generator or latents are no longer finite"
+                + (f" (on one of the {distributed.current().world_size} ranks)" if distributed.current().enabled else ""))
         raise SourceDiverged(f"{what} ({type(self.synth).__name__} round {r + 1} of the epoch)",
                              "Try lower synthesis loss weights (--bn, --oh, --adv) or a lower --lr_g.")
 
     def _save_grid(self) -> None:
         images = self.synth.last_images
-        if self.logger is None or images is None:
+        if self.logger is None or images is None or not distributed.is_main():  # rank 0's shard is shown
             return
         shown = images[:64]
         epoch = self.epoch + 1  # 1-based, as the log counts
@@ -107,10 +126,28 @@ class DataFreeSource:
         return dict(self._stats)
 
     def state_dict(self) -> dict:
-        return {"synthesizer": self.synth.state_dict(), "syn_time_total": self.syn_time_total,
-                "position": self._position}
+        """The synthesizer's state and where the epoch is. Under torchrun (called on every rank)
+        each rank's own part (``RANK_STATE``: its pool shard, latents, bank; its position's sums)
+        is gathered into ``ranks``, and the shared part is rank 0's; each rank has written its
+        pool shard's new images under its own folder."""
+        synth = self.synth.state_dict()
+        state = {"synthesizer": synth, "syn_time_total": self.syn_time_total, "position": self._position}
+        ctx = distributed.current()
+        if ctx.enabled:
+            own = {k: synth.pop(k) for k in sorted(self.synth.RANK_STATE) if k in synth}
+            state["ranks"] = distributed.gather_objects({"synthesizer": own, "position": self._position})
+            state["world_size"] = ctx.world_size
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.synth.load_state_dict(state["synthesizer"])
+        synth, position = dict(state["synthesizer"]), state.get("position")
+        ranks, ctx = state.get("ranks"), distributed.current()
+        if (len(ranks) if ranks is not None else 1) != ctx.world_size:
+            raise ValueError(f"the checkpoint holds the synthesis state (pool shards) of {len(ranks or [None])} "
+                             f"rank(s), this run has {ctx.world_size}: resume with as many processes")
+        if ranks is not None:
+            synth.update(ranks[ctx.rank]["synthesizer"])
+            position = ranks[ctx.rank]["position"]
+        self.synth.load_state_dict(synth)
         self.syn_time_total = state["syn_time_total"]
-        self._resume = state.get("position")
+        self._resume = position

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, List
+from typing import Iterable, List, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
+
+from engine.utils import at_least_fp32
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,16 @@ def broadcast_state(modules: Iterable[torch.nn.Module], buffers_only: bool = Fal
             dist.broadcast(t.data, 0)
 
 
+def rank_generator(device) -> "torch.Generator | None":
+    """Under torchrun, a random generator of this rank's own (seeded from the global seed and the
+    rank), for draws that must differ between ranks before the trainer gives each rank its own
+    stream; ``None`` (the global RNG) in a single process."""
+    ctx = current()
+    if not ctx.enabled:
+        return None
+    return torch.Generator(device).manual_seed(torch.initial_seed() + 1_000_003 * ctx.rank)
+
+
 def shard(order: torch.Tensor, pad: bool) -> torch.Tensor:
     """This rank's share of ``order``: every ``world_size``-th element from ``rank``; with
     ``pad``, first padded (by repeating its start) to a multiple of the world size, so every rank
@@ -161,3 +174,104 @@ def shard(order: torch.Tensor, pad: bool) -> torch.Tensor:
         extra = ctx.world_size - len(order) % ctx.world_size
         order = torch.cat([order, order[:extra]])
     return order[ctx.rank::ctx.world_size]
+
+
+# -- the global batch of data-free synthesis ------------------------------------------------------
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose backward all-reduces the incoming gradient too: the gradient of
+    sum_r x_r with respect to this rank's x_r, when every rank's loss uses the sum, is the sum of
+    the ranks' gradients. The backward is itself this function, so a second-order graph
+    (``create_graph=True``) stays differentiable."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        out = t.detach().clone().contiguous()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _SumOverRanks.apply(grad)
+
+
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """``sum_r t_r`` over the ranks, differentiably (``t`` itself in a single process)."""
+    return _SumOverRanks.apply(t) if current().enabled else t
+
+
+def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """The ranks' mean of a detached value (a loss to log or compare); ``t`` in a single process."""
+    ctx = current()
+    if not ctx.enabled:
+        return t
+    out = t.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.div_(ctx.world_size)
+
+
+def global_moments(stats: Sequence[Tuple[torch.Tensor, torch.Tensor]], counts: Sequence[int]
+                   ) -> List[Tuple[torch.Tensor, torch.Tensor, float]]:
+    """Per-channel mean and biased variance over the global batch from every rank's own
+    ``(mean, var)`` of ``counts`` values per channel, for several layers in one differentiable
+    all-reduce: the pooled moments sum_r n_r mu_r, sum_r n_r var_r and sum_r n_r mu_r^2 give
+    mu = S1 / N and var = (S2 + S3) / N - mu^2 (the parallel-variance combination, which
+    subtracts squared means, not squared values). Returns ``(mean, var, N)`` per layer; in a
+    single process the inputs unchanged."""
+    if not current().enabled:
+        return [(m, v, float(n)) for (m, v), n in zip(stats, counts)]
+    parts = []
+    for (m, v), n in zip(stats, counts):
+        parts += [n * m, n * v, n * m * m]
+    ref = stats[0][0]
+    parts.append(torch.tensor([float(n) for n in counts], device=ref.device, dtype=ref.dtype))
+    flat = sum_over_ranks(torch.cat(parts))
+    sizes = [len(m) for m, _ in stats for _ in range(3)] + [len(counts)]
+    pieces = list(torch.split(flat, sizes))
+    totals = pieces[-1].detach().tolist()
+    out = []
+    for i, total in enumerate(totals):
+        s1, s2, s3 = pieces[3 * i: 3 * i + 3]
+        mean = s1 / total
+        out.append((mean, ((s2 + s3) / total - mean * mean).clamp_min(0.0), total))
+    return out
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """``BatchNorm2d`` whose training-mode statistics are those of the global batch over every
+    rank (:func:`global_moments`, differentiable), on gloo and NCCL alike (``nn.SyncBatchNorm``
+    runs on CUDA only). Eval mode, and a single process, are plain ``BatchNorm2d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and current().enabled):
+            return super().forward(x)
+        c = x.shape[1]
+        xf = at_least_fp32(x)
+        local_mean = xf.mean(dim=(0, 2, 3))
+        local_var = xf.permute(1, 0, 2, 3).reshape(c, -1).var(1, unbiased=False)
+        (mean, var, total), = global_moments([(local_mean, local_var)], [x.numel() // c])
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * total / max(total - 1, 1), alpha=m)
+        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y.to(x.dtype)
+
+
+def global_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every ``BatchNorm2d`` replaced by a :class:`GlobalBatchNorm2d` holding the
+    same parameters and buffers (returned as is in a single process)."""
+    if not current().enabled:
+        return module
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, GlobalBatchNorm2d):
+        new = GlobalBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        held = next(iter(module.state_dict().values()), None)
+        return new.train(module.training).to(held.device if held is not None else "cpu")
+    for name, child in module.named_children():
+        setattr(module, name, global_batchnorm(child))
+    return module

@@ -80,6 +80,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 when it is half precision (an autocast output); float32/64 as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work, so wall-clock timings are honest."""
     if device.type == "cuda":

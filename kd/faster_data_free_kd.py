@@ -300,12 +300,6 @@ def dataset_for(args: argparse.Namespace):
 
 def check_args(args: argparse.Namespace) -> None:
     """Every check that needs no model or data: names, numbers, the schedule, the weights."""
-    from engine.distributed import launched
-
-    if launched():
-        raise UsageError("data-free runs under torchrun are not supported yet (the synthesis would not be shared "
-                         "across ranks); run one process. Data-driven jobs (cifar100.py, kd/train.py) run under "
-                         "torchrun")
     for flag in ("teacher", "student"):
         setattr(args, flag, canonical_name(getattr(args, flag)))
     require_positive(batch_size=args.batch_size, synthesis_batch_size=args.synthesis_batch_size,
@@ -348,8 +342,20 @@ def resume_checks(args: argparse.Namespace, resume: str) -> dict:
                                       "momentum", "weight_decay", "eta_min", "T", "kd_loss", "seed"}
     loss = student_loss(args.method, args.kd_loss, args.T)  # the checkpoint records the loss that ran
     current = {**vars(args), "kd_loss": loss.loss, "T": loss.T}
-    return check_resume(resume, "datafree", {k: getattr(args, k) for k in ("method", "teacher", "student", "dataset")},
-                        current, fixed=sorted(plan - {"pool_spill_dir", "cmi_init"}), replannable=["epochs"])
+    changed = check_resume(resume, "datafree",
+                           {k: getattr(args, k) for k in ("method", "teacher", "student", "dataset")},
+                           current, fixed=sorted(plan - {"pool_spill_dir", "cmi_init"}), replannable=["epochs"])
+    from engine import distributed
+    from engine.checkpoint import load_resume
+
+    ranks = load_resume(resume)[0].get("rng_ranks")  # one RNG state per rank under torchrun, else None
+    saved = len(ranks) if ranks else 1
+    now = distributed.current().world_size
+    if saved != now:  # each rank's pool shard, latents and RNG stream belong to one rank of that many
+        raise UsageError(f"--resume {resume}: the run was trained by {saved} process(es) and each kept its own pool "
+                         f"shard; resume it with {saved} (" + ("one process, no torchrun" if saved == 1 else
+                                                               f"torchrun --nproc_per_node {saved}") + f"), not {now}")
+    return changed
 
 
 def preflight(args: argparse.Namespace, argv: Optional[list]):

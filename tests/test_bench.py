@@ -76,7 +76,10 @@ def test_scaling_bench_compares_one_process_with_torchrun(tmp_path, capsys):
 
     rows = scaling.main(["--nproc", "2", "--steps", "2", "--epochs", "2", "--batch", "8", "--json",
                          str(tmp_path / "s.json")])
-    assert [r["nproc"] for r in rows] == [1, 2]
-    assert rows[0]["speedup"] == 1.0 and rows[1]["images_per_s"] > 0
-    assert rows[1]["images"] == 2 * rows[0]["images"]  # 2 processes of batch 8 read twice the images a step
-    assert "| 2 | 1 |" in capsys.readouterr().out
+    assert [(r["job"], r["nproc"]) for r in rows] == [("kd", 1), ("kd", 2), ("datafree", 1), ("datafree", 2)]
+    for one, two in (rows[:2], rows[2:]):
+        assert one["speedup"] == 1.0 and two["images_per_s"] > 0
+        assert two["images"] == 2 * one["images"]  # 2 processes of batch 8 take twice the images a step
+    assert rows[3]["synthesis_s"] > 0
+    out = capsys.readouterr().out
+    assert "| KD | 2 | 1 |" in out and "| data-free epoch (fast_meta, synthesis included) | 2 | 1 |" in out

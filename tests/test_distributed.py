@@ -143,13 +143,115 @@ def test_peers_branches_and_two_stage_methods_run_under_torchrun(tmp_path, metho
     assert (out / "log.txt").read_text().count("epoch 2/2 |") == 1
 
 
-def test_a_data_free_run_under_torchrun_is_refused_in_one_line(tmp_path):
-    r = torchrun(2, "kd/faster_data_free_kd.py", "--quick", "--save_dir", str(tmp_path / "df"), timeout=200)
-    assert r.returncode != 0
-    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert lines and "data-free runs under torchrun are not supported yet" in lines[0]
-    assert len(lines) == 1  # rank 0 says it; rank 1 stays quiet
-    assert not (tmp_path / "df").exists()
+# ------------------------------------------------------------------------------- data-free
+FIRST_ORDER = ["fast_meta", "fast_meta:0", "fast", "dafl"]  # FOMAML, Reptile, fast, a generative method
+SECOND_ORDER = "fast_meta:2@1"  # one epoch: second-order MAML amplifies round-off (see below)
+
+
+def _state(folder, spec: str, rank: int = 0) -> dict:
+    return torch.load(str(folder / spec.split("@")[0].replace(":", "_maml") / f"rank{rank}.pt"))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def test_two_ranks_synthesize_and_distil_as_one_process_of_the_global_batch(tmp_path):
+    """tests/dist_synthesis.py (float64, no augmentation, BN-free student): 2 ranks x 8 images
+    against 1 process x 16, both starting every batch from the same numbers. The generator (its
+    BN on the global batch, the teacher's BN statistics merged over the ranks, the gradients
+    all-reduced), each rank's pool shard (the rows of the one process's pool) and the student
+    agree to float64 round-off; one process with batch 8 (the control) does not."""
+    methods = FIRST_ORDER + [SECOND_ORDER]
+    one = single("tests/dist_synthesis.py", str(tmp_path / "one"), "16", *methods)
+    assert one.returncode == 0, one.stderr[-3000:]
+    half = single("tests/dist_synthesis.py", str(tmp_path / "half"), "8", "fast_meta")
+    assert half.returncode == 0, half.stderr[-3000:]
+    two = torchrun(2, "tests/dist_synthesis.py", str(tmp_path / "two"), "16", *methods, "cmi", "deepinv")
+    assert two.returncode == 0, two.stderr[-3000:]
+    for spec in FIRST_ORDER + [SECOND_ORDER]:
+        a, r0, r1 = _state(tmp_path / "one", spec), _state(tmp_path / "two", spec), _state(tmp_path / "two", spec, 1)
+        assert _max_diff(r0["generator"], r1["generator"]) == 0.0, spec  # the ranks hold one generator
+        assert _max_diff(r0["student"], r1["student"]) == 0.0, spec
+        # second-order MAML differentiates through Adam's 1 / (sqrt(v) + eps): merely permuting the
+        # batch of one float64 process moves its generator by 3e-9 after one round (1e-4 after three)
+        tol = 1e-7 if spec == SECOND_ORDER else 1e-10
+        assert _max_diff(a["generator"], r0["generator"]) < tol, spec
+        assert _max_diff(a["student"], r0["student"]) < 1e-10, spec
+        if a["pool"] is not None:  # rank r's shard is rows r*8 .. r*8+7 of the one process's pool
+            assert torch.equal(a["pool"], torch.cat([r0["pool"], r1["pool"]])), spec
+    control = _state(tmp_path / "half", "fast_meta")
+    assert _max_diff(control["generator"], _state(tmp_path / "one", "fast_meta")["generator"]) > 1e-4
+    for spec in ("cmi", "deepinv"):  # finish under torchrun, with one shared generator / head
+        r0, r1 = _state(tmp_path / "two", spec), _state(tmp_path / "two", spec, 1)
+        assert _max_diff(r0["student"], r1["student"]) == 0.0, spec
+        if r0["head"] is not None:
+            assert _max_diff(r0["head"], r1["head"]) == 0.0, spec
+
+
+def _dfkd_argv(out, teacher: str, epochs: int = 3) -> list:
+    return ["--dataset", "digits", "--teacher", "resnet8", "--teacher_ckpt", teacher, "--student", "lenet5_bn",
+            "--epochs", str(epochs), "--warmup", "1", "--batch_size", "16", "--synthesis_batch_size", "16",
+            "--kd_steps", "3", "--ep_steps", "6", "--g_steps", "2", "--ngf", "16", "--nz", "64", "--T", "4",
+            "--lr", "0.05", "--no_progress", "--device", "cpu", "--save_dir", str(out)]
+
+
+def _digits_teacher(tmp_path) -> str:
+    from kdtools import digits_teacher_ckpt
+
+    return digits_teacher_ckpt(tmp_path / "models")
+
+
+def test_a_data_free_run_under_torchrun_writes_once_and_keeps_a_pool_shard_per_rank(tmp_path):
+    out = tmp_path / "df"
+    r = torchrun(2, "kd/faster_data_free_kd.py", *_dfkd_argv(out, _digits_teacher(tmp_path)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (out / "log.txt").read_text()
+    assert log.count("epoch 3/3 |") == 1 and "world_size 2 (torchrun)" in log
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["status"] == "finished" and m["args"]["world_size"] == 2
+    assert m["history"][-1]["syn_images"] == 2 * 3 * 2 * 16  # both shards: 3 epochs x 2 rounds x 16 images
+    assert m["history"][-1]["samples"] == 2 * 6 * 16
+    ckpt = load_checkpoint(str(out / "last.pt"))
+    ranks = ckpt["source"]["ranks"]
+    assert len(ranks) == 2 and "pool" not in ckpt["source"]["synthesizer"]
+    for r, state in enumerate(ranks):  # every shard is checkpointed: its chunks, in its own folder
+        pool = state["synthesizer"]["pool"]
+        assert pool["size"] == 3 * 2 * 16 and pool["dir"] == str((out / "pool" / f"rank{r}").resolve())
+        assert all((out / "pool" / f"rank{r}" / c).exists() for c in pool["chunks"])
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["epoch0001.png", "epoch0002.png", "epoch0003.png"]
+    assert len([f for f in os.listdir(out) if f.startswith("events.out.tfevents")]) == 1
+    # a 2-process run resumes only with 2 processes: said in one line before anything is written
+    before = sorted(str(p) for p in out.rglob("*"))
+    again = single("kd/faster_data_free_kd.py", *_dfkd_argv(out, _digits_teacher(tmp_path), 4), "--resume")
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1].endswith(
+        "the run was trained by 2 process(es) and each kept its own pool shard; resume it with 2 (torchrun "
+        "--nproc_per_node 2), not 1")
+    assert sorted(str(p) for p in out.rglob("*")) == before
+
+
+def test_a_data_free_torchrun_run_killed_mid_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    """SIGKILL one of 2 data-free workers after the first checkpoint; the same torchrun line with
+    --resume restores every rank's pool shard and RNG stream, the shared generator, its
+    meta-optimiser and the BN-statistics EMA, and ends where an uninterrupted run ends."""
+    teacher = _digits_teacher(tmp_path)
+    whole = torchrun(2, "kd/faster_data_free_kd.py", *_dfkd_argv(tmp_path / "whole", teacher, 6))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    done = _kill_a_worker(_dfkd_argv(tmp_path / "cut", teacher, 6), tmp_path / "cut", "kd/faster_data_free_kd.py")
+    assert done < 5
+    again = torchrun(2, "kd/faster_data_free_kd.py", *_dfkd_argv(tmp_path / "cut", teacher, 6), "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    a = load_checkpoint(str(tmp_path / "whole" / "last.pt"))
+    b = load_checkpoint(str(tmp_path / "cut" / "last.pt"))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k, v in a["source"]["synthesizer"]["generator"].items():
+        assert torch.equal(v, b["source"]["synthesizer"]["generator"][k]), k
+    for ra, rb in zip(a["source"]["ranks"], b["source"]["ranks"]):
+        assert ra["synthesizer"]["pool"]["size"] == rb["synthesizer"]["pool"]["size"]
+        assert torch.equal(ra["synthesizer"]["pool"]["order"], rb["synthesizer"]["pool"]["order"])
 
 
 def _children(pid: int) -> list:
@@ -167,13 +269,33 @@ def _children(pid: int) -> list:
     return out
 
 
+def _kill_a_worker(argv, out, script: str) -> int:
+    """Start ``script argv`` on 2 processes, SIGKILL one worker once ``out/last.pt`` exists (torchrun
+    then stops the other); returns the epoch index of the checkpoint left behind."""
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), script, *argv]
+    agent = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and agent.poll() is None and not last.exists():
+        time.sleep(0.05)
+    workers = _children(agent.pid)
+    assert agent.poll() is None and len(workers) == 2, "the run ended before the kill; make it longer"
+    os.kill(max(workers), signal.SIGKILL)
+    agent.wait(timeout=300)
+    assert agent.returncode != 0
+    return load_checkpoint(str(last))["epoch"]
+
+
 def test_a_torchrun_run_killed_mid_run_resumes_to_the_uninterrupted_weights(tmp_path):
     """SIGKILL one of 2 workers mid-run (torchrun then stops the other); the same torchrun line
     with --resume continues from last.pt, every rank with its own RNG stream, and the final
     student equals an uninterrupted 2-process run's."""
-    import signal
-    import time
-
     from kdtools import digits_teacher_ckpt
 
     ckpt = digits_teacher_ckpt(tmp_path / "models")
@@ -185,21 +307,7 @@ def test_a_torchrun_run_killed_mid_run_resumes_to_the_uninterrupted_weights(tmp_
 
     whole = torchrun(2, "kd/train.py", *argv(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "kd/train.py", *argv(tmp_path / "cut")]
-    agent = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = tmp_path / "cut" / "last.pt"
-    deadline = time.time() + 300
-    while time.time() < deadline and agent.poll() is None and not last.exists():
-        time.sleep(0.05)
-    workers = _children(agent.pid)
-    assert agent.poll() is None and len(workers) == 2, "the run ended before the kill; make it longer"
-    os.kill(max(workers), signal.SIGKILL)
-    agent.wait(timeout=300)
-    assert agent.returncode != 0
-    done = load_checkpoint(str(last))["epoch"]
+    done = _kill_a_worker(argv(tmp_path / "cut"), tmp_path / "cut", "kd/train.py")
     assert done < 5  # it was stopped short of the end
     again = torchrun(2, "kd/train.py", *argv(tmp_path / "cut"), "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
