@@ -15,6 +15,10 @@ its command line, and the rest of the engine asks :func:`current` where it runs:
   weights, and a step over N x B samples equals one process's step over those N x B samples
   when the model has no BatchNorm in train mode (per-rank statistics otherwise, as DDP without
   SyncBatchNorm);
+* data-free synthesis runs on the global batch: :func:`global_moments` merges every rank's
+  BatchNorm statistics in one differentiable all-reduce (the teacher's BN-statistics loss,
+  :class:`GlobalBatchNorm2d` in the generator), and the synthesizers average their generator
+  gradients (``datafree.base.Synthesizer.sync_grads``);
 * evaluation is sharded and its counts are summed over the ranks;
 * only rank 0 writes: logs, TensorBoard, ``metrics.json``, checkpoints, results.
 """

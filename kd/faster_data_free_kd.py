@@ -255,8 +255,8 @@ def _map_reference_flags(args: argparse.Namespace, given: set) -> None:
         args.log_every = args.print_freq
     for flag in ("multiprocessing_distributed", "world_size", "rank", "dist_url", "dist_backend"):
         if flag in given:
-            _warn(f"--{flag} is not used: this run is one process (the reference's distributed path was "
-                  "never finished either)")
+            _warn(f"--{flag} is not used: launch several processes with torchrun --nproc_per_node N instead "
+                  "(the reference's distributed path was never finished)")
     if "start_epoch" in given:
         _warn("--start_epoch is not used: --resume restores the epoch from the checkpoint")
     if args.pretrained:
