@@ -198,7 +198,7 @@ class Synthesizer:
         gb = lambda v: None if v is None else int(v * 2**30)  # noqa: E731
         # under torchrun each rank keeps its own pool shard, shuffled by its own stream
         self.pool = ImagePool(self.device, cfg.pool_storage, cfg.pool_capacity,
-                              seed=cfg.seed + 1_000_003 * distributed.current().rank,
+                              seed=distributed.rank_seed(cfg.seed),
                               device_bytes=gb(cfg.pool_device_gb), host_bytes=gb(cfg.pool_host_gb),
                               spill_dir=cfg.pool_spill_dir)
         self.bn_loss: Optional[BNStatLoss] = None

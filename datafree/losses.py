@@ -13,7 +13,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine import distributed
-from engine.utils import at_least_fp32
 
 
 def masked_adversarial_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -95,9 +94,8 @@ class BNStatHook:
     def _hook(self, module, inputs, output):
         if not self.enabled:
             return
-        x = at_least_fp32(inputs[0])
-        mean = x.mean(dim=(0, 2, 3))
-        var = x.permute(1, 0, 2, 3).reshape(x.shape[1], -1).var(1, unbiased=False)
+        x = inputs[0]
+        mean, var = distributed.channel_moments(x)
         if distributed.current().enabled:  # the global batch's statistics: BNStatLoss.value() merges them
             self.batch, self.loss = (mean, var, x.numel() // x.shape[1]), None
         else:

@@ -136,7 +136,6 @@ class DataFreeSource:
         if ctx.enabled:
             own = {k: synth.pop(k) for k in sorted(self.synth.RANK_STATE) if k in synth}
             state["ranks"] = distributed.gather_objects({"synthesizer": own, "position": self._position})
-            state["world_size"] = ctx.world_size
         return state
 
     def load_state_dict(self, state: dict) -> None:

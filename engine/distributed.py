@@ -157,14 +157,18 @@ def broadcast_state(modules: Iterable[torch.nn.Module], buffers_only: bool = Fal
             dist.broadcast(t.data, 0)
 
 
+def rank_seed(seed: int) -> int:
+    """This rank's own seed derived from ``seed`` (``seed`` itself on rank 0 and in a single process)."""
+    return seed + 1_000_003 * current().rank
+
+
 def rank_generator(device) -> "torch.Generator | None":
     """Under torchrun, a random generator of this rank's own (seeded from the global seed and the
     rank), for draws that must differ between ranks before the trainer gives each rank its own
     stream; ``None`` (the global RNG) in a single process."""
-    ctx = current()
-    if not ctx.enabled:
+    if not current().enabled:
         return None
-    return torch.Generator(device).manual_seed(torch.initial_seed() + 1_000_003 * ctx.rank)
+    return torch.Generator(device).manual_seed(rank_seed(torch.initial_seed()))
 
 
 def shard(order: torch.Tensor, pad: bool) -> torch.Tensor:
@@ -206,11 +210,13 @@ def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
 def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
     """The ranks' mean of a detached value (a loss to log or compare); ``t`` in a single process."""
     ctx = current()
-    if not ctx.enabled:
-        return t
-    out = t.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out.div_(ctx.world_size)
+    return all_reduce_sum(t.detach().clone()).div_(ctx.world_size) if ctx.enabled else t
+
+
+def channel_moments(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of an N x C x H x W batch (in fp32 for half inputs)."""
+    x = at_least_fp32(x)
+    return x.mean(dim=(0, 2, 3)), x.permute(1, 0, 2, 3).reshape(x.shape[1], -1).var(1, unbiased=False)
 
 
 def global_moments(stats: Sequence[Tuple[torch.Tensor, torch.Tensor]], counts: Sequence[int]
@@ -248,18 +254,14 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and current().enabled):
             return super().forward(x)
-        c = x.shape[1]
-        xf = at_least_fp32(x)
-        local_mean = xf.mean(dim=(0, 2, 3))
-        local_var = xf.permute(1, 0, 2, 3).reshape(c, -1).var(1, unbiased=False)
-        (mean, var, total), = global_moments([(local_mean, local_var)], [x.numel() // c])
+        (mean, var, total), = global_moments([channel_moments(x)], [x.numel() // x.shape[1]])
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(var.detach() * total / max(total - 1, 1), alpha=m)
-        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        y = (at_least_fp32(x) - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
         return y.to(x.dtype)

@@ -123,14 +123,15 @@ def clear_run_outputs(save_dir: str) -> list:
 
 
 def check_resume(path: str, job: str, expected: Mapping[str, object], current: Mapping[str, object],
-                 fixed: Iterable[str], replannable: Iterable[str] = ()) -> Dict[str, tuple]:
+                 fixed: Iterable[str], replannable: Iterable[str] = (), same_processes: str = "") -> Dict[str, tuple]:
     """Compare a resume checkpoint with this command line before anything is built.
 
     ``expected``: values that must match (method, models, dataset) or the checkpoint is another
     run's. ``fixed``: flags whose change the resumed state cannot honour (a refused change is a
     :class:`UsageError` naming each flag and both values). ``replannable``: flags a resume may
     change (the caller re-plans and logs it). Returns ``{flag: (checkpoint value, new value)}``
-    for the replannable flags that changed."""
+    for the replannable flags that changed. ``same_processes`` (what each rank kept, e.g. "its own
+    pool shard"): the run must resume with as many processes as wrote the checkpoint."""
     from engine.checkpoint import load_resume
 
     ckpt, _ = load_resume(path)  # a corrupt last.pt falls back on the previous one, as the resume will
@@ -150,6 +151,15 @@ def check_resume(path: str, job: str, expected: Mapping[str, object], current: M
     if isinstance(current.get("epochs"), int) and current["epochs"] < done:
         raise UsageError(f"--resume {path}: the checkpoint has trained {done} epochs already, more than --epochs "
                          f"{current['epochs']}")
+    if same_processes:
+        from engine import distributed
+
+        ranks = ckpt.get("rng_ranks")  # one RNG state per rank under torchrun, else None
+        was, now = (len(ranks) if ranks else 1), distributed.current().world_size
+        if was != now:
+            how = "one process, no torchrun" if was == 1 else f"torchrun --nproc_per_node {was}"
+            raise UsageError(f"--resume {path}: the run was trained by {was} process(es) and each kept "
+                             f"{same_processes}; resume it with {was} ({how}), not {now}")
     changed = [(k, saved.get(k), current.get(k)) for k in fixed
                if k in saved and k in current and saved.get(k) != current.get(k)]
     if changed:

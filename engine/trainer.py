@@ -246,7 +246,7 @@ class Trainer:
         self.dist = distributed.current()
         if self.dist.enabled:  # every rank starts from rank 0's weights and draws its own augmentations
             distributed.broadcast_state(self.objective.trainable_modules().values())
-            torch.manual_seed(torch.initial_seed() + 1_000_003 * self.dist.rank)
+            torch.manual_seed(distributed.rank_seed(torch.initial_seed()))
         self._in_epoch: Optional[dict] = None  # a restored mid-epoch position (steps done, their sums)
 
     # ----------------------------------------------------------------- set-up

@@ -342,20 +342,9 @@ def resume_checks(args: argparse.Namespace, resume: str) -> dict:
                                       "momentum", "weight_decay", "eta_min", "T", "kd_loss", "seed"}
     loss = student_loss(args.method, args.kd_loss, args.T)  # the checkpoint records the loss that ran
     current = {**vars(args), "kd_loss": loss.loss, "T": loss.T}
-    changed = check_resume(resume, "datafree",
-                           {k: getattr(args, k) for k in ("method", "teacher", "student", "dataset")},
-                           current, fixed=sorted(plan - {"pool_spill_dir", "cmi_init"}), replannable=["epochs"])
-    from engine import distributed
-    from engine.checkpoint import load_resume
-
-    ranks = load_resume(resume)[0].get("rng_ranks")  # one RNG state per rank under torchrun, else None
-    saved = len(ranks) if ranks else 1
-    now = distributed.current().world_size
-    if saved != now:  # each rank's pool shard, latents and RNG stream belong to one rank of that many
-        raise UsageError(f"--resume {resume}: the run was trained by {saved} process(es) and each kept its own pool "
-                         f"shard; resume it with {saved} (" + ("one process, no torchrun" if saved == 1 else
-                                                               f"torchrun --nproc_per_node {saved}") + f"), not {now}")
-    return changed
+    return check_resume(resume, "datafree", {k: getattr(args, k) for k in ("method", "teacher", "student", "dataset")},
+                        current, fixed=sorted(plan - {"pool_spill_dir", "cmi_init"}), replannable=["epochs"],
+                        same_processes="its own pool shard")
 
 
 def preflight(args: argparse.Namespace, argv: Optional[list]):
